@@ -1,0 +1,6 @@
+"""`python -m minillm` is exactly the `minillm` command."""
+import sys
+
+from minillm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: the embedded world and its oracle, user-data readers, hygiene, token shards, batchers."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, suites, report card, regression comparison."""

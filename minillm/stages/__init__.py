@@ -1,0 +1,1 @@
+"""Training stages: one short file each (objective, data, defaults) over the shared loop in train.py."""
