@@ -14,7 +14,8 @@ from minillm.errors import MiniLLMError
 COMMAND_MODULES = [
     "minillm.commands.tokenizer",   # minillm tokenizer train|encode|decode|stats
     "minillm.commands.data",        # minillm data clean
-    "minillm.commands.train",       # minillm pretrain | finetune | sft | reward | ppo | dpo | pipeline
+    "minillm.commands.pretrain",    # minillm pretrain
+    "minillm.commands.posttrain",   # minillm finetune | sft | reward | ppo | dpo | pipeline | chat
     "minillm.commands.use",         # minillm eval | generate | fill-mask | chat
     "minillm.commands.kernels",     # minillm kernels info | bench kernels | bench train
     "minillm.commands.registry",    # minillm registry | reproduce | release | export
