@@ -47,6 +47,7 @@ class TrainConfig:
     device: str = "auto"          # auto | cpu | cuda | mps
     dtype: str = "auto"           # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16
     compile: bool = False         # torch.compile the model
+    threads: int = 0              # CPU threads for torch (0 = torch's default; 1 is faster on a busy machine)
     optimizer: str = "auto"       # AdamW kernel backend (minillm.kernels.make_adamw)
     progress: bool = True         # tqdm bar
 
@@ -78,7 +79,7 @@ PRESETS = {
     "smoke": {
         "model": dict(n_layer=2, n_head=2, n_embd=32, block_size=32),
         "train": dict(batch_size=8, max_steps=30, lr=3e-3, warmup_steps=5, eval_every=10, eval_batches=2,
-                      log_every=5),
+                      log_every=5, threads=1),
         "data": dict(vocab_size=300),
     },
     "tiny": {

@@ -38,7 +38,7 @@ from minillm.errors import MiniLLMError
 
 # Keys that may change between an interrupted run and its resumption (they do not change the numbers).
 RESUME_MAY_CHANGE = {"train.max_steps", "train.progress", "train.device", "train.compile", "train.eval_every",
-                     "train.log_every"}
+                     "train.log_every", "train.threads"}
 
 
 # ---- device, precision, processes ---------------------------------------------------------------------------
@@ -282,6 +282,16 @@ def train(model, stage, cfg: TrainConfig, run_dir, *, config=None, manifest=None
     manifest: fields for manifest.json (stage, parent, seed, data_sha256, tokenizer_sha256, ...).
     resume: continue from the checkpoint in run_dir. stop_after: stop (with a checkpoint) after this many steps
     in total, as an interruption would; the run can then be resumed."""
+    threads = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after):
     rank, world = ddp_setup()
     main = rank == 0
     device = resolve_device(cfg.device)

@@ -82,7 +82,7 @@ def fact_accuracy(model, tok, prompts, batch_size=64, return_rows=False):
     return (acc, rows) if return_rows else acc
 
 
-def cloze_inputs(tok, text, answer):
+def cloze_inputs(tok, text, answer, block_size=None):
     """'The capital of <|mask|> is Rome.', 'Italy' -> (ids with k masks, positions, answer ids).
 
     The space before the mask belongs to the answer's first token (' Italy'), as in the training text."""
@@ -93,7 +93,11 @@ def cloze_inputs(tok, text, answer):
     answer_ids = tok.encode(answer_text)
     left_ids = tok.encode(left)
     ids = left_ids + [tok.mask_id] * len(answer_ids) + tok.encode(right)
-    return ids, list(range(len(left_ids), len(left_ids) + len(answer_ids))), answer_ids
+    start = len(left_ids)
+    if block_size is not None and len(ids) > block_size:  # keep a window of the context around the masks
+        cut = max(0, min(start, len(ids) - block_size))
+        ids, start = ids[cut:cut + block_size], start - cut
+    return ids, list(range(start, start + len(answer_ids))), answer_ids
 
 
 @torch.no_grad()
@@ -116,7 +120,7 @@ def fill_mask_accuracy(model, tok, clozes, batch_size=64, return_rows=False):
     rows, correct = [], 0
     for i in range(0, len(clozes), batch_size):
         chunk = clozes[i:i + batch_size]
-        built = [cloze_inputs(tok, c["text"], c["answer"]) for c in chunk]
+        built = [cloze_inputs(tok, c["text"], c["answer"], model.cfg.block_size) for c in chunk]
         preds = fill_masks(model, tok, [b[0] for b in built], [b[1] for b in built])
         for c, (_, _, answer_ids), pred in zip(chunk, built, preds):
             ok = pred == answer_ids
