@@ -43,11 +43,10 @@ def resolve(backend, device_type="cpu", dtype=None):
     if backend not in BACKENDS:
         raise MiniLLMError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     ours = "cuda" if device_type == "cuda" else "cpp"
+    dtypes = (None, torch.float32, torch.bfloat16) if ours == "cuda" else (None, torch.float32, torch.float64)
     if backend == "auto":
-        if device_type not in ("cpu", "cuda"):
-            return "reference"
-        if ours == "cpp" and dtype not in (None, torch.float32, torch.float64):
-            return "reference"  # our CPU kernels are float32/float64 only
+        if device_type not in ("cpu", "cuda") or dtype not in dtypes:
+            return "reference"  # e.g. bf16 on CPU: our CPU kernels are float32/float64 only
         ok, why = available(ours)
         if not ok:
             _fallback_note(ours, why, "reference")
@@ -57,8 +56,9 @@ def resolve(backend, device_type="cpu", dtype=None):
         if backend != ours:
             raise MiniLLMError(f"kernel backend {backend!r} cannot run on {device_type} tensors; "
                                f"use backend={ours!r}, 'torch' or 'reference'")
-        if backend == "cpp" and dtype not in (None, torch.float32, torch.float64):
-            raise MiniLLMError(f"the cpp kernels take float32/float64, got {dtype}; use backend='torch'")
+        if dtype not in dtypes:
+            names = "float32/bfloat16" if ours == "cuda" else "float32/float64"
+            raise MiniLLMError(f"the {backend} kernels take {names}, got {dtype}; use backend='torch'")
         ok, why = available(backend)
         if not ok:
             raise MiniLLMError(f"kernel backend {backend!r} is not available: {why}")
@@ -83,7 +83,11 @@ def softmax(x, scale=1.0, causal=False, backend="auto"):
 
 def attention(q, k, v, causal=True, key_padding_mask=None, backend="auto"):
     """softmax(q k^T / sqrt(D) + mask) v for q (B, H, Tq, D) and k, v (B, H, Tk, D)."""
-    backend = resolve(backend, q.device.type, q.dtype)
+    requested, backend = backend, resolve(backend, q.device.type, q.dtype)
+    if backend == "cuda" and q.shape[-1] not in (32, 64, 128):
+        if requested != "auto":
+            raise MiniLLMError(f"cuda attention supports head dims 32, 64, 128, not {q.shape[-1]}; use 'torch'")
+        backend = "reference"
     if backend == "reference":
         return reference.attention(q, k, v, causal, key_padding_mask)
     if backend in ("cpp", "cuda"):
