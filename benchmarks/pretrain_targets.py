@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from minillm.config import load_config  # noqa: E402
+from minillm.evals.lm import lm_losses  # noqa: E402
 from minillm.model import Transformer  # noqa: E402
 from minillm.stages.pretrain import evaluate_pretrain, prepare  # noqa: E402
 from minillm.train import train  # noqa: E402
@@ -45,6 +46,7 @@ def main():
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--out", default="/tmp/minillm_bench")
+    ap.add_argument("--val-windows", type=int, default=4000, help="validation windows for user text")
     ap.add_argument("--limit", type=int, default=None, help="evaluate on the first N held-out prompts")
     args = ap.parse_args()
 
@@ -71,8 +73,11 @@ def main():
         train_time += time.time() - t
         step = stop
         t = time.time()
-        metrics = evaluate_pretrain(model, tok, stage.val_tokens, cfg.objective, stage.world, cfg.data.mlm_prob,
-                                    args.limit)
+        if stage.world is not None:
+            metrics = evaluate_pretrain(model, tok, stage.val_tokens, cfg.objective, stage.world,
+                                        cfg.data.mlm_prob, args.limit)
+        else:  # user text: the loss over (nearly) the whole validation split, not a sample
+            metrics = lm_losses(model, stage.val_tokens, tok, cfg.objective, max_windows=args.val_windows)
         row = {"step": step, "train_time_s": round(train_time, 1), "eval_s": round(time.time() - t, 1),
                "tok_per_s": final.get("tok_per_s"), "loss": final.get("loss"),
                **{k: round(v, 4) for k, v in metrics.items()}, "load": os.getloadavg()[0]}
