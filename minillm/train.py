@@ -325,8 +325,8 @@ def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after, fin
             if os.path.exists(logger.path):
                 os.remove(logger.path)
     if main:
-        write_manifest(run_dir, config=config, seed=cfg.seed, device=device_info(device), world_size=world, status="running",
-                       **(manifest or {}))
+        write_manifest(run_dir, config=config, seed=cfg.seed, device=device_info(device), world_size=world,
+                       status="running", **(manifest or {}))
 
     net = model
     if cfg.compile:
