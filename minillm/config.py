@@ -48,7 +48,7 @@ class TrainConfig:
     dtype: str = "auto"           # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16
     compile: bool = False         # torch.compile the model
     threads: int = 0              # CPU threads for torch (0 = torch's default; 1 is faster on a busy machine)
-    optimizer: str = "auto"       # AdamW kernel backend (minillm.kernels.make_adamw)
+    optimizer: str = "torch"      # AdamW kernel backend (minillm.kernels.make_adamw): torch, reference, cpp, cuda, auto
     progress: bool = True         # tqdm bar
 
 
