@@ -42,8 +42,8 @@ def main():
     all_rows = []
     for t in [int(x) for x in a.threads.split(",")]:
         js = os.path.join(out, f".tmp_kernels_{t}.json")
-        cmd = [sys.executable, "-m", "minillm", "bench", "kernels", "--device", a.device, "--threads", str(t),
-               "--repeat", str(a.repeat), "--json", js]
+        shown = ["bench", "kernels", "--device", a.device, "--threads", str(t), "--repeat", str(a.repeat)]
+        cmd = [sys.executable, "-m", "minillm"] + shown + ["--json", js]
         if t == max(int(x) for x in a.threads.split(",")):
             cmd += ["--plot", os.path.join(out, f"kernels_{a.device}.png")]
         run(cmd)
@@ -51,7 +51,7 @@ def main():
             rows = json.load(f)
         os.remove(js)
         all_rows += rows
-        lines += [f"## {t} thread(s)", "", "`minillm " + " ".join(cmd[3:-2]) + "`", "",
+        lines += [f"## {t} thread(s)", "", "`minillm " + " ".join(shown) + "`", "",
                   f"load average before {rows[0]['load_before']}, after {rows[0]['load_after']}", "",
                   bench.table(rows), ""]
     if a.train:
