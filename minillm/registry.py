@@ -92,7 +92,8 @@ def verify_files(run_dir: str, manifest: dict | None = None) -> list[str]:
         got = sha256_file(path)
         if got != expected:
             raise MiniLLMError(f"{path} fails its sha256 check (manifest {expected[:12]}…, file {got[:12]}…): "
-                               f"it changed after the run wrote it; restore the original or re-run the stage")
+                               f"it is corrupt or was changed after the run wrote it; restore the original or "
+                               f"re-run the stage")
     return sorted(recorded)
 
 
