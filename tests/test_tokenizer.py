@@ -1,4 +1,5 @@
 """The BPE trainer, both encoders, specials, the chat template, save/load, the char tokenizer, bad input, CLI."""
+import base64
 import json
 import os
 import random
@@ -252,6 +253,8 @@ def test_vocab_size_below_bytes_plus_specials_is_an_error():
 def test_bad_pattern_is_an_error():
     with pytest.raises(MiniLLMError, match="valid regex"):
         BPETokenizer.train(["x"], 300, pattern="(unclosed")
+    with pytest.raises(MiniLLMError, match="tiktoken cannot use"):    # \m: Python's regex only, not Rust's
+        BPETokenizer.train(["x"], 300, pattern=r"\m\w+|.")
 
 
 def test_missing_and_corrupt_tokenizer_files_are_errors(tmp_path):
@@ -265,6 +268,11 @@ def test_missing_and_corrupt_tokenizer_files_are_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "bpe", "pattern": "gpt4", "special_tokens": {},
                                                          "merges": [[1, 999]]}))
     with pytest.raises(MiniLLMError, match="merge 0"):
+        load_tokenizer(tmp_path)
+    ranks = [[base64.b64encode(bytes([b])).decode(), b] for b in range(256)] + [["YWI=", 255]]   # "ab" -> 255 too
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "bpe", "pattern": "gpt4", "special_tokens": {},
+                                                         "ranks": ranks}))
+    with pytest.raises(MiniLLMError, match="share an id"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "bpe"}))
     with pytest.raises(MiniLLMError, match="incomplete or corrupt"):
