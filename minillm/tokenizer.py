@@ -313,6 +313,7 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts, special_tokens=SPECIAL_TOKENS, **unused):
+        """The sorted set of characters in texts. BPE-only arguments (vocab_size, pattern, ...) are ignored."""
         chars = set()
         for t in _as_texts(texts):
             chars.update(t)

@@ -93,6 +93,11 @@ def test_training_is_deterministic(shakespeare):
     assert a.merges == b.merges
 
 
+def test_a_smaller_vocabulary_is_the_first_merges_of_a_larger_one(tok, shakespeare):
+    small = BPETokenizer.train([shakespeare[:200_000]], vocab_size=600)     # `tok`: same text, vocab 1024
+    assert small.merges == tok.merges[:600 - 256 - len(SPECIAL_TOKENS)]
+
+
 def test_tiny_corpus_stops_when_no_pair_is_left():
     t = BPETokenizer.train(["abab"], vocab_size=1000)
     assert t.merges == [(97, 98), (256, 256)]
