@@ -131,12 +131,15 @@ void adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs
               "adamw_: lists differ in length");
   struct Chunk { size_t t; int64_t begin, len; };
   std::vector<Chunk> chunks;
+  std::vector<at::Tensor> g(grads.begin(), grads.end());  // contiguous copies only where needed
   std::vector<double> step_size(n), bc2_sqrt(n);
+  int64_t total = 0;
   constexpr int64_t CH = 1 << 15;
   for (size_t t = 0; t < n; ++t) {
     const at::Tensor& p = params[t];
-    TORCH_CHECK(p.device().is_cpu() && p.is_contiguous() && grads[t].is_contiguous() &&
-                    exp_avgs[t].is_contiguous() && exp_avg_sqs[t].is_contiguous(),
+    if (!g[t].is_contiguous()) g[t] = g[t].contiguous();
+    TORCH_CHECK(p.device().is_cpu() && p.is_contiguous() && exp_avgs[t].is_contiguous() &&
+                    exp_avg_sqs[t].is_contiguous(),
                 "adamw_: CPU contiguous tensors only");
     TORCH_CHECK(grads[t].scalar_type() == p.scalar_type() && exp_avgs[t].scalar_type() == p.scalar_type() &&
                     exp_avg_sqs[t].scalar_type() == p.scalar_type() && grads[t].numel() == p.numel(),
@@ -150,18 +153,21 @@ void adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs
     step_size[t] = lr / (1.0 - std::pow(beta1, step));
     bc2_sqrt[t] = std::sqrt(1.0 - std::pow(beta2, step));
     for (int64_t b = 0; b < p.numel(); b += CH) chunks.push_back({t, b, std::min(CH, p.numel() - b)});
+    total += p.numel();
   }
-  at::parallel_for(0, (int64_t)chunks.size(), 1, [&](int64_t c0, int64_t c1) {
+  // Small steps run on this thread: waking a thread team costs more than updating a few thousand floats.
+  const int64_t grain = total < (1 << 16) ? (int64_t)chunks.size() + 1 : 1;
+  at::parallel_for(0, (int64_t)chunks.size(), grain, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const Chunk& ch = chunks[c];
       const at::Tensor& p = params[ch.t];
       if (p.scalar_type() == at::kFloat) {
-        mlk::adamw_kernel(p.data_ptr<float>() + ch.begin, grads[ch.t].data_ptr<float>() + ch.begin,
+        mlk::adamw_kernel(p.data_ptr<float>() + ch.begin, g[ch.t].data_ptr<float>() + ch.begin,
                        exp_avgs[ch.t].data_ptr<float>() + ch.begin, exp_avg_sqs[ch.t].data_ptr<float>() + ch.begin,
                        ch.len, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
                        float(step_size[ch.t]), float(bc2_sqrt[ch.t]));
       } else {
-        mlk::adamw_kernel(p.data_ptr<double>() + ch.begin, grads[ch.t].data_ptr<double>() + ch.begin,
+        mlk::adamw_kernel(p.data_ptr<double>() + ch.begin, g[ch.t].data_ptr<double>() + ch.begin,
                        exp_avgs[ch.t].data_ptr<double>() + ch.begin, exp_avg_sqs[ch.t].data_ptr<double>() + ch.begin,
                        ch.len, lr, beta1, beta2, eps, weight_decay, step_size[ch.t], bc2_sqrt[ch.t]);
       }

@@ -108,35 +108,45 @@ class FusedAdamW(torch.optim.Optimizer):
             raise MiniLLMError(f"invalid AdamW hyper-parameters lr={lr} betas={betas} eps={eps} wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
+    def load_state_dict(self, state_dict):
+        self._cache = {}
+        super().load_state_dict(state_dict)
+
+    def _lists(self, gi, params):
+        """(exp_avgs, exp_avg_sqs, steps) for these params, creating state on first use; cached per group."""
+        key = tuple(map(id, params))
+        cache = self.__dict__.setdefault("_cache", {})
+        if gi in cache and cache[gi][0] == key:
+            return cache[gi][1]
+        for p in params:
+            if p.grad.is_sparse:
+                raise MiniLLMError("FusedAdamW does not support sparse gradients; use backend='torch'")
+            if not p.is_contiguous():
+                raise MiniLLMError("FusedAdamW needs contiguous parameters; use backend='torch' for this model")
+            st = self.state[p]
+            if not st:
+                st["step"] = torch.tensor(0.0)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            elif st["step"].device.type != "cpu" or st["step"].dtype != torch.float32:
+                st["step"] = st["step"].detach().to("cpu", torch.float32)  # e.g. from AdamW(fused=True)
+        lists = tuple([self.state[p][k] for p in params] for k in ("exp_avg", "exp_avg_sq", "step"))
+        cache[gi] = (key, lists)
+        return lists
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise MiniLLMError("FusedAdamW does not support sparse gradients; use backend='torch'")
-                if not p.is_contiguous():
-                    raise MiniLLMError("FusedAdamW needs contiguous parameters; use backend='torch' for this model")
-                st = self.state[p]
-                if not st:
-                    st["step"] = torch.tensor(0.0)
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                elif st["step"].device.type != "cpu" or st["step"].dtype != torch.float32:
-                    st["step"] = st["step"].detach().to("cpu", torch.float32)  # e.g. from AdamW(fused=True)
-                params.append(p)
-                grads.append(p.grad if p.grad.is_contiguous() else p.grad.contiguous())
-                exp_avgs.append(st["exp_avg"])
-                exp_avg_sqs.append(st["exp_avg_sq"])
-                steps.append(st["step"])
-            if params:
-                b1, b2 = group["betas"]
-                torch.ops.minillm.adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, float(group["lr"]),
-                                         float(b1), float(b2), float(group["eps"]), float(group["weight_decay"]))
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            exp_avgs, exp_avg_sqs, steps = self._lists(gi, params)
+            b1, b2 = group["betas"]
+            torch.ops.minillm.adamw_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, steps,
+                                     float(group["lr"]), float(b1), float(b2), float(group["eps"]),
+                                     float(group["weight_decay"]))
         return loss
