@@ -212,3 +212,24 @@ def generate_chat(model, tok, prompts: list[list[dict]], *, max_new_tokens: int 
             text = tok.decode([t for t in resp if t != tok.end_id])
             out.append({"prompt_ids": p, "response_ids": resp, "ended": ended, "text": text.strip()})
     return out
+
+
+def pack_rollout(gens, pad_id: int):
+    """Generated answers -> [left-padded prompt | answer | right padding] tensors for scoring and training.
+
+    Returns input_ids (B, T), attention_mask (B, T) bool, and mask (B, T−1) over next-token positions: position t
+    predicts token t+1, and mask is 1 where that token belongs to the answer (its <|end|> included).
+    """
+    P = max(len(g["prompt_ids"]) for g in gens)
+    R = max(max(len(g["response_ids"]) for g in gens), 1)
+    B = len(gens)
+    input_ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(B, P + R, dtype=torch.bool)
+    mask = torch.zeros(B, P + R - 1)
+    for b, g in enumerate(gens):
+        p, r = g["prompt_ids"], g["response_ids"]
+        input_ids[b, P - len(p):P] = torch.tensor(p)
+        input_ids[b, P:P + len(r)] = torch.tensor(r, dtype=torch.long)
+        attention_mask[b, P - len(p):P + len(r)] = True
+        mask[b, P - 1:P - 1 + len(r)] = 1.0
+    return input_ids, attention_mask, mask

@@ -12,11 +12,14 @@ means the reward model already reads the chat format; only the head is new. Its 
 Touvron et al. 2023 (Llama 2, margin); Stiennon et al. 2020.
 """
 import copy
+from dataclasses import dataclass, field
 
 import torch
 
+from minillm.checkpoint import sha256_texts
+from minillm.config import RunConfig
 from minillm.model import Transformer
-from minillm.stages import chatdata, rl
+from minillm.stages import chatdata, lineage, rl
 
 
 def reward_model_from(policy: Transformer) -> Transformer:
@@ -70,3 +73,94 @@ def pairwise_accuracy(rm, tok, pairs_encoded, batch_size=64, by_kind=None):
             kinds.setdefault(k, []).append(c)
         out["pairwise_accuracy_by_kind"] = {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
     return out
+
+
+@dataclass
+class RewardSection:
+    data: str = ""          # "" = the world's preference pairs, or a .jsonl with prompt / chosen / rejected
+    margin: float = 0.0     # Bradley–Terry margin (0 = plain BT)
+
+
+@dataclass
+class RewardConfig(RunConfig):
+    reward: RewardSection = field(default_factory=RewardSection)
+
+
+DEFAULTS = {
+    "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
+                            log_every=5, weight_decay=0.0)},
+    "tiny": {"train": dict(max_steps=300, batch_size=16, lr=5e-4, warmup_steps=20, eval_every=100, eval_batches=4,
+                           log_every=10, weight_decay=0.0)},
+    "small": {"train": dict(max_steps=1000, batch_size=32, lr=1e-4, warmup_steps=50, eval_every=250,
+                            eval_batches=8, weight_decay=0.0)},
+}
+
+
+def encode_pairs(tok, pairs, block_size):
+    return [chatdata.encode_pair(tok, p, block_size) for p in pairs]
+
+
+class RewardStage:
+    """Bradley–Terry on preference pairs, for train.train()."""
+    name = "reward"
+
+    def __init__(self, tok, train_pairs, val_pairs, margin=0.0, seed=0, evaluate=None):
+        self.tok, self.train, self.val, self.margin = tok, train_pairs, val_pairs, margin
+        self.sampler = lineage.Sampler(len(train_pairs), seed)
+        self._evaluate = evaluate
+
+    def train_batch(self, batch_size):
+        return collate([self.train[i] for i in self.sampler.sample(batch_size)], self.tok.pad_id)
+
+    def val_batches(self, batch_size, n):
+        val = self.val or self.train
+        return [collate(val[i:i + batch_size], self.tok.pad_id)
+                for i in range(0, min(len(val), batch_size * n), batch_size)]
+
+    def loss(self, model, batch):
+        return reward_loss(model, batch, self.margin)
+
+    def tokens(self, batch):
+        return int(batch["input_ids"].numel())
+
+    def state_dict(self):
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, d):
+        self.sampler.load_state_dict(d)
+
+    def evaluate(self, model):
+        return self._evaluate(model) if self._evaluate else {}
+
+
+def preference_data(path, world):
+    """-> (train, val, test) preference pairs from a .jsonl path (10% held out) or, with path "", the world."""
+    if path:
+        pairs = chatdata.load_preferences(path)
+        n_val = max(1, len(pairs) // 10) if len(pairs) > 1 else 0
+        return pairs[n_val:], pairs[:n_val], pairs[:n_val]
+    return world.preference_pairs("train"), world.preference_pairs("val"), world.preference_pairs("test")
+
+
+def run_reward(parent, out, preset="tiny", data="", config_file=None, overrides=(), resume=False):
+    """minillm reward: train a reward model from the SFT run `parent` into `out`; -> evaluation dict."""
+    from minillm.data.world import World
+    from minillm.train import train
+    policy, tok, _ = lineage.load_parent(parent, "reward")
+    cfg = lineage.stage_config(RewardConfig, "reward", preset, DEFAULTS, policy, config_file,
+                               list(overrides) + ([f"reward.data={data}"] if data else []))
+    model = reward_model_from(policy)
+    cfg.model = model.cfg
+    world = World(seed=cfg.data.world_seed)
+    train_p, val_p, test_p = preference_data(cfg.reward.data, world)
+    block = model.cfg.block_size
+    stage = RewardStage(tok, encode_pairs(tok, train_p, block), encode_pairs(tok, val_p, block),
+                        margin=cfg.reward.margin, seed=cfg.train.seed)
+    resume = lineage.start_run(out, tok, parent, resume)
+    metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
+                    manifest=lineage.manifest_fields("reward", parent, out, sha256_texts(
+                        [str(p["prompt"]) + p["chosen"] + p["rejected"] for p in train_p])))
+    evaluation = pairwise_accuracy(model, tok, encode_pairs(tok, test_p, block),
+                                   by_kind=[p.get("kind", "user") for p in test_p])
+    evaluation["train_pairwise_accuracy"] = pairwise_accuracy(model, tok, stage.train[:256])["pairwise_accuracy"]
+    return lineage.finish_run(out, metrics, evaluation)
