@@ -107,17 +107,20 @@ def prompt_of(example: dict) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- encoding
 
-def encode_chat(tok, messages, block_size: int):
-    """-> (ids, mask) rendered with the chat template, cut to block_size + 1 tokens (inputs + shifted targets)."""
+def encode_chat(tok, messages, max_tokens: int):
+    """-> (ids, mask) rendered with the chat template, cut to max_tokens.
+
+    Next-token training reads block_size + 1 tokens (inputs and targets shifted by one); a reward model reads
+    whole sequences of at most block_size."""
     ids, mask = tok.render_chat(messages)
-    return ids[:block_size + 1], mask[:block_size + 1]
+    return ids[:max_tokens], mask[:max_tokens]
 
 
-def encode_pair(tok, pair: dict, block_size: int):
+def encode_pair(tok, pair: dict, max_tokens: int):
     """A preference pair -> two (ids, mask), the chosen and the rejected conversation."""
     prompt = as_messages(pair["prompt"])
-    chosen = encode_chat(tok, prompt + [{"role": "assistant", "content": pair["chosen"]}], block_size)
-    rejected = encode_chat(tok, prompt + [{"role": "assistant", "content": pair["rejected"]}], block_size)
+    chosen = encode_chat(tok, prompt + [{"role": "assistant", "content": pair["chosen"]}], max_tokens)
+    rejected = encode_chat(tok, prompt + [{"role": "assistant", "content": pair["rejected"]}], max_tokens)
     return chosen, rejected
 
 

@@ -133,7 +133,7 @@ def run_dpo(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     world = World(seed=cfg.data.world_seed)
     train_p, val_p, test_p = preference_data(cfg.dpo.data, world)
     block = model.cfg.block_size
-    train_enc, val_enc, test_enc = (encode_pairs(tok, p, block) for p in (train_p, val_p, test_p))
+    train_enc, val_enc, test_enc = (encode_pairs(tok, p, block + 1) for p in (train_p, val_p, test_p))
     # the reference is the parent itself, frozen: its log-probs are computed once, before any update
     stage = DPOStage(tok, train_enc, reference_logprobs(model, train_enc, tok.pad_id),
                      val_enc, reference_logprobs(model, val_enc, tok.pad_id) if val_enc else None,

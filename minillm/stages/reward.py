@@ -96,8 +96,9 @@ DEFAULTS = {
 }
 
 
-def encode_pairs(tok, pairs, block_size):
-    return [chatdata.encode_pair(tok, p, block_size) for p in pairs]
+def encode_pairs(tok, pairs, max_tokens):
+    """Preference pairs -> [(chosen (ids, mask), rejected (ids, mask))], each cut to max_tokens."""
+    return [chatdata.encode_pair(tok, p, max_tokens) for p in pairs]
 
 
 class RewardStage:

@@ -43,7 +43,7 @@ def encode_instructions(tok, examples, block_size):
     """[{"messages"}] -> [(ids, mask)], dropping conversations whose answer does not fit in the context."""
     out = []
     for ex in examples:
-        ids, mask = chatdata.encode_chat(tok, ex["messages"], block_size)
+        ids, mask = chatdata.encode_chat(tok, ex["messages"], block_size + 1)
         if sum(mask[1:]) > 0:
             out.append((ids, mask))
     return out
