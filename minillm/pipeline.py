@@ -119,7 +119,10 @@ def run_stage(name, out_dir, preset, overrides):
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
-def evaluate_all(out_dir, results):
+EVAL_LIMIT = {"smoke": 24}   # held-out prompts per base-model evaluation (all of them otherwise)
+
+
+def evaluate_all(out_dir, results, preset="tiny"):
     """The same held-out numbers for every stage: perplexities for LMs, the oracle for all of them."""
     from minillm.checkpoint import load_model
     from minillm.data.oracle import Oracle
@@ -135,7 +138,7 @@ def evaluate_all(out_dir, results):
             if "domain_perplexity" not in r:
                 r.update(lm_metrics(model, tok, world))
             if "oracle_score" not in r:
-                r.update({k: v for k, v in chat_metrics(model, tok, world, oracle, limit=None).items()})
+                r.update({k: v for k, v in chat_metrics(model, tok, world, oracle, limit=EVAL_LIMIT.get(preset)).items()})
         summary[name] = {k: v for k, v in r.items() if not isinstance(v, list)}
     return summary
 
@@ -246,7 +249,7 @@ def run_pipeline(out_dir, preset="tiny", overrides=(), until=None):
             break
     print("[evaluation] every stage on the held-out sets", flush=True)
     t0 = time.time()
-    summary = evaluate_all(out_dir, results)
+    summary = evaluate_all(out_dir, results, preset)
     times["evaluation"] = round(time.time() - t0, 1)
     summary["_times_s"] = {**times, "total": round(time.time() - t_all, 1)}
     atomic_write_json(os.path.join(out_dir, "summary.json"), summary)

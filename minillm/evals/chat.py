@@ -52,11 +52,18 @@ def lm_metrics(model, tok, world, max_tokens: int = 16384) -> dict:
             "general_perplexity": perplexity(model, tok, world.general_corpus("val"), max_tokens)}
 
 
+def heldout_subset(items, limit=None):
+    """An evenly spaced subset of at most `limit` items (every family stays represented); all when limit is falsy."""
+    if not limit or limit >= len(items):
+        return list(items)
+    return list(items[::max(1, len(items) // limit)])[:limit]
+
+
 def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens: int = 48, limit=None,
                  batch_size: int = 64, examples=None) -> dict:
     """Greedy answers to the held-out instructions, graded by the oracle -> metrics (and a few samples)."""
     items = examples if examples is not None else world.instructions(split)
-    items = items[:limit] if limit else items
+    items = heldout_subset(items, limit)
     prompts = [chatdata.prompt_of(ex) for ex in items]
     gens = chatdata.generate_chat(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                                   batch_size=batch_size)

@@ -51,7 +51,8 @@ class DPOSection:
     data: str = ""                  # "" = the world's preference pairs, or a .jsonl with prompt / chosen / rejected
     beta: float = 0.1               # Rafailov et al. 2023 default
     eval_max_new_tokens: int = 48
-    eval_limit: int = 0
+    eval_limit: int = 0             # held-out instructions in the evaluation (0 = all)
+    max_pairs: int = 0              # use at most this many training pairs (0 = all)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class DPOConfig(RunConfig):
 # DPO papers use lr ~5e-7 on 7B models; a 1M-parameter model needs far larger steps, but fewer.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=10, batch_size=8, lr=5e-4, warmup_steps=2, eval_every=5, eval_batches=2,
-                            log_every=5, weight_decay=0.0)},
+                            log_every=5, weight_decay=0.0), "dpo": dict(eval_limit=24, max_pairs=128)},
     "tiny": {"train": dict(max_steps=150, batch_size=16, lr=2e-4, warmup_steps=10, eval_every=50, eval_batches=4,
                            log_every=10, weight_decay=0.0)},
     "small": {"train": dict(max_steps=500, batch_size=32, lr=5e-5, warmup_steps=20, eval_every=100,
@@ -124,7 +125,7 @@ def implicit_reward_accuracy(model, stage, pairs, ref):
 def run_dpo(parent, out, preset="tiny", data="", config_file=None, overrides=(), resume=False):
     """minillm dpo: align the SFT run `parent` on preference pairs into `out`; -> evaluation dict."""
     from minillm.data.world import World
-    from minillm.evals.chat import chat_metrics, kl_to_reference, lm_metrics
+    from minillm.evals.chat import chat_metrics, heldout_subset, kl_to_reference, lm_metrics
     from minillm.stages.reward import encode_pairs, preference_data
     from minillm.train import train
     model, tok, _ = lineage.load_parent(parent, "dpo")
@@ -132,6 +133,7 @@ def run_dpo(parent, out, preset="tiny", data="", config_file=None, overrides=(),
                                list(overrides) + ([f"dpo.data={data}"] if data else []))
     world = World(seed=cfg.data.world_seed)
     train_p, val_p, test_p = preference_data(cfg.dpo.data, world)
+    train_p = train_p[:cfg.dpo.max_pairs or None]
     block = model.cfg.block_size
     train_enc, val_enc, test_enc = (encode_pairs(tok, p, block + 1) for p in (train_p, val_p, test_p))
     # the reference is the parent itself, frozen: its log-probs are computed once, before any update
@@ -148,7 +150,8 @@ def run_dpo(parent, out, preset="tiny", data="", config_file=None, overrides=(),
         from minillm.data.oracle import Oracle
         ref_model = load_model(parent)[0]
         evaluation["kl_to_reference"] = kl_to_reference(
-            model, ref_model, tok, [chatdata.prompt_of(ex) for ex in world.instructions("test")])
+            model, ref_model, tok, [chatdata.prompt_of(ex) for ex in heldout_subset(world.instructions("test"),
+                                                                                  cfg.dpo.eval_limit)])
         evaluation.update(chat_metrics(model, tok, world, Oracle(world), max_new_tokens=cfg.dpo.eval_max_new_tokens,
                                        limit=cfg.dpo.eval_limit or None))
         evaluation.update(lm_metrics(model, tok, world))

@@ -58,6 +58,7 @@ class PPOSection:
     whiten_advantages: bool = True
     eval_every: int = 10            # iterations between held-out oracle evaluations (0 = only at the end)
     eval_prompts: int = 96          # held-out prompts in those evaluations
+    eval_limit: int = 0             # held-out prompts in the final evaluation (0 = all)
     eval_max_new_tokens: int = 48
     reward_run: str = ""            # the reward model's run directory (--reward)
     data: str = ""                  # "" = the world's training prompts, or a .jsonl of prompts / instructions
@@ -72,7 +73,7 @@ class PPOConfig(RunConfig):
 DEFAULTS = {
     "smoke": {"train": dict(lr=3e-4, weight_decay=0.0, warmup_steps=0),
               "ppo": dict(iterations=3, rollout_size=8, minibatch_size=4, epochs=2, max_new_tokens=8, eval_every=0,
-                          eval_prompts=8, eval_max_new_tokens=8)},
+                          eval_prompts=8, eval_max_new_tokens=8, eval_limit=24)},
     "tiny": {"train": dict(lr=1e-4, weight_decay=0.0, warmup_steps=0)},
     "small": {"train": dict(lr=3e-5, weight_decay=0.0, warmup_steps=0),
               "ppo": dict(iterations=100, rollout_size=128, minibatch_size=32)},
@@ -227,7 +228,7 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     from minillm.checkpoint import sha256_file
     from minillm.data.oracle import Oracle
     from minillm.data.world import World
-    from minillm.evals.chat import chat_metrics, kl_to_reference, lm_metrics
+    from minillm.evals.chat import chat_metrics, heldout_subset, kl_to_reference, lm_metrics
     from minillm.checkpoint import device_info
     from minillm.train import MetricsLogger, configure_optimizer
     policy, tok, _ = lineage.load_parent(parent, "ppo")
@@ -238,7 +239,7 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     oracle = Oracle(world)
     prompts = load_prompts(cfg.ppo.data, world)
     heldout = world.instructions("test")
-    heldout_prompts = [chatdata.prompt_of(ex) for ex in heldout]
+    heldout_prompts = [chatdata.prompt_of(ex) for ex in heldout_subset(heldout, cfg.ppo.eval_limit)]
     lineage.start_run(out, tok, parent, resume)
     for f in ("metrics.jsonl", "state.json"):
         if os.path.exists(os.path.join(out, f)):
@@ -260,8 +261,7 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     sampler = lineage.Sampler(len(prompts), cfg.train.seed)
 
     def heldout_oracle():
-        stride = max(1, len(heldout) // cfg.ppo.eval_prompts) if cfg.ppo.eval_prompts else 1
-        m = chat_metrics(policy, tok, world, oracle, examples=heldout[::stride][:cfg.ppo.eval_prompts or None],
+        m = chat_metrics(policy, tok, world, oracle, examples=heldout, limit=cfg.ppo.eval_prompts,
                          max_new_tokens=cfg.ppo.eval_max_new_tokens)
         return m["oracle_score"]
 
@@ -289,7 +289,8 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     final = {k: train_rows[-1][k] for k in ("reward", "kl", "kl_coef", "entropy", "clipfrac", "oracle")
              if train_rows and k in train_rows[-1]}
     final["train_time_s"] = round(time.time() - t0, 2)
-    evaluation = chat_metrics(policy, tok, world, oracle, max_new_tokens=cfg.ppo.eval_max_new_tokens)
+    evaluation = chat_metrics(policy, tok, world, oracle, max_new_tokens=cfg.ppo.eval_max_new_tokens,
+                              limit=cfg.ppo.eval_limit)
     evaluation["kl_to_reference"] = kl_to_reference(policy, ref, tok, heldout_prompts)
     evaluation.update(lm_metrics(policy, tok, world))
     evaluation.update(hacking)

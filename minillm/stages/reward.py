@@ -79,6 +79,7 @@ def pairwise_accuracy(rm, tok, pairs_encoded, batch_size=64, by_kind=None):
 class RewardSection:
     data: str = ""          # "" = the world's preference pairs, or a .jsonl with prompt / chosen / rejected
     margin: float = 0.0     # Bradley–Terry margin (0 = plain BT)
+    eval_limit: int = 0     # held-out pairs in the evaluation (0 = all)
 
 
 @dataclass
@@ -88,7 +89,7 @@ class RewardConfig(RunConfig):
 
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
-                            log_every=5, weight_decay=0.0)},
+                            log_every=5, weight_decay=0.0), "reward": dict(eval_limit=64)},
     "tiny": {"train": dict(max_steps=300, batch_size=16, lr=5e-4, warmup_steps=20, eval_every=100, eval_batches=4,
                            log_every=10, weight_decay=0.0)},
     "small": {"train": dict(max_steps=1000, batch_size=32, lr=1e-4, warmup_steps=50, eval_every=250,
@@ -161,7 +162,9 @@ def run_reward(parent, out, preset="tiny", data="", config_file=None, overrides=
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
                     manifest=lineage.manifest_fields("reward", parent, out, sha256_texts(
                         [str(p["prompt"]) + p["chosen"] + p["rejected"] for p in train_p])))
+    test_p = test_p[:cfg.reward.eval_limit or None]
     evaluation = pairwise_accuracy(model, tok, encode_pairs(tok, test_p, block),
                                    by_kind=[p.get("kind", "user") for p in test_p])
-    evaluation["train_pairwise_accuracy"] = pairwise_accuracy(model, tok, stage.train[:256])["pairwise_accuracy"]
+    train_acc = pairwise_accuracy(model, tok, stage.train[:cfg.reward.eval_limit or 256])
+    evaluation["train_pairwise_accuracy"] = train_acc["pairwise_accuracy"]
     return lineage.finish_run(out, metrics, evaluation)

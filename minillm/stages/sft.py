@@ -79,7 +79,7 @@ class SFTConfig(RunConfig):
 # Constant-ish LR (short warmup, mild cosine); a smaller LR than pretraining, as finetuning always uses.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
-                            log_every=5, weight_decay=0.0)},
+                            log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
     "tiny": {"train": dict(max_steps=400, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=100, eval_batches=4,
                            log_every=10, weight_decay=0.0, min_lr_ratio=0.1)},
     "small": {"train": dict(max_steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
