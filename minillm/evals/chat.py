@@ -53,10 +53,18 @@ def lm_metrics(model, tok, world, max_tokens: int = 16384) -> dict:
 
 
 def heldout_subset(items, limit=None):
-    """An evenly spaced subset of at most `limit` items (every family stays represented); all when limit is falsy."""
+    """At most `limit` items, taken round-robin over the families so each stays represented; all if limit is falsy."""
     if not limit or limit >= len(items):
         return list(items)
-    return list(items[::max(1, len(items) // limit)])[:limit]
+    families = {}
+    for it in items:
+        families.setdefault(it.get("family", ""), []).append(it)
+    queues, out = list(families.values()), []
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
 
 
 def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens: int = 48, limit=None,
