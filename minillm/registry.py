@@ -315,3 +315,70 @@ def verify_release(out_dir: str) -> list[str]:
                 raise MiniLLMError(f"{os.path.join(out_dir, name)} fails its sha256 check; the release was altered")
             checked.append(name)
     return checked
+
+
+# ---------------------------------------------------------------------------------------------- reproduce
+
+TIMING_KEYS = ("time", "elapsed", "tok_per_s", "tokens_per_s", "per_s", "throughput", "memory")
+
+
+def _with_out(argv: list[str], out_dir: str) -> list[str]:
+    """The recorded command with --out replaced (or added) and --resume dropped."""
+    argv = [a for a in argv if a != "--resume"]
+    out = []
+    skip = False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        if a.startswith("--out="):
+            continue
+        out.append(a)
+    return out + ["--out", out_dir]
+
+
+def reproduce(run_dir: str, out_dir: str, tolerance: float = 1e-6) -> dict:
+    """Re-run the command recorded in run_dir's manifest into out_dir and compare the results.
+
+    Returns {"match", "command", "metrics": [{"metric", "original", "reproduced", "match"}], "hashes": {...}}.
+    Timing metrics (wall time, tokens/s) are shown but never compared: they depend on the machine's load.
+    """
+    from minillm.evals.compare import flatten
+    manifest = read_manifest(run_dir)
+    inv = manifest.get("command")
+    if not inv or not isinstance(inv, dict) or not inv.get("argv"):
+        raise MiniLLMError(f"{run_dir}/manifest.json records no command to re-run (runs made through the "
+                           f"`minillm` command record one); re-run it by hand with its config.json")
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise MiniLLMError(f"{out_dir} exists and is not empty; choose another --out")
+    out_dir = os.path.abspath(out_dir)
+    argv = _with_out(list(inv["argv"]), out_dir)
+    from minillm.cli import main
+    cwd = os.getcwd()
+    try:
+        if inv.get("cwd") and os.path.isdir(inv["cwd"]):
+            os.chdir(inv["cwd"])  # relative paths in the command mean what they meant then
+        rc = main(argv)
+    finally:
+        os.chdir(cwd)
+    if rc:
+        raise MiniLLMError(f"re-running `minillm {' '.join(argv)}` failed with exit code {rc}")
+    new = read_manifest(out_dir)
+    a, b = flatten(manifest.get("metrics") or {}), flatten(new.get("metrics") or {})
+    rows, ok = [], True
+    for k in sorted(set(a) | set(b)):
+        timing = any(t in k.lower() for t in TIMING_KEYS) or k.endswith("_s")
+        va, vb = a.get(k), b.get(k)
+        match = (va is not None and vb is not None and abs(va - vb) <= tolerance * max(1.0, abs(va)))
+        rows.append({"metric": k, "original": va, "reproduced": vb, "match": match or timing, "timing": timing})
+        ok &= match or timing
+    hashes = {}
+    for key in ("data_sha256", "tokenizer_sha256"):
+        hashes[key] = manifest.get(key) == new.get(key)
+    w0, w1 = (os.path.join(d, "model.safetensors") for d in (run_dir, out_dir))
+    same_weights = os.path.isfile(w0) and os.path.isfile(w1) and sha256_file(w0) == sha256_file(w1)
+    return {"match": bool(ok and all(hashes.values())), "command": argv, "metrics": rows, "hashes": hashes,
+            "bitwise_identical_weights": same_weights}

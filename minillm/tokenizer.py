@@ -34,7 +34,7 @@ import sys
 import regex
 import tiktoken
 
-from minillm.bpe import PATTERNS, bpe_encode_chunk, count_chunks, train_bpe
+from minillm.bpe import GPT2_PATTERN, GPT4_PATTERN, PATTERNS, bpe_encode_chunk, count_chunks, train_bpe  # noqa: F401
 from minillm.errors import MiniLLMError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|mask|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -89,7 +89,8 @@ class Tokenizer:
         if allowed_special == "all":
             return set(self.special_ids)
         if isinstance(allowed_special, str):
-            raise MiniLLMError(f"allowed_special must be 'none', 'all' or a set of special tokens, not {allowed_special!r}")
+            raise MiniLLMError("allowed_special must be 'none', 'all' or a set of special tokens, "
+                               f"not {allowed_special!r}")
         allowed = set(allowed_special)
         unknown = allowed - set(self.special_ids)
         if unknown:
@@ -103,7 +104,8 @@ class Tokenizer:
         for s in self.special_ids:
             if s not in allowed and s in text:
                 raise MiniLLMError(f"the text contains the special token {s!r}; pass allowed_special='all' (or a set "
-                                   "holding it; CLI: --allow-special) to encode it as that token, or use encode_ordinary for plain text")
+                                   "holding it; CLI: --allow-special) to encode it as that token, or use "
+                                   "encode_ordinary for plain text")
 
     def _split_special(self, text, allowed):
         """Cut text at allowed specials: 'a<|end|>b' -> ['a', '<|end|>', 'b'] (specials as separate items)."""
@@ -293,7 +295,8 @@ class CharTokenizer(Tokenizer):
             raise MiniLLMError("a character vocabulary must be a list of distinct single characters")
         self.stoi = {c: i for i, c in enumerate(self.chars)}
         self.special_ids = {s: len(self.chars) + k for k, s in enumerate(special_tokens)}
-        self._id_bytes = [c.encode("utf-8", "surrogatepass") for c in self.chars] + [s.encode("utf-8") for s in self.special_ids]
+        self._id_bytes = [c.encode("utf-8", "surrogatepass") for c in self.chars] + \
+            [s.encode("utf-8") for s in self.special_ids]
         self.token_bytes = [len(b) for b in self._id_bytes[:len(self.chars)]] + [0] * len(self.special_ids)
 
     @classmethod
@@ -395,6 +398,6 @@ def read_text(path):
     except UnicodeDecodeError as e:
         text = data.decode("utf-8", errors="replace")
         bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
-        print(f"warning: {path}: invalid UTF-8 (first at byte {e.start}); {bad} bad sequence(s) replaced by U+FFFD",
-              file=sys.stderr)
+        print(f"warning: {path}: invalid UTF-8 (first at byte {e.start}); "
+              f"{bad} bad sequence(s) replaced by U+FFFD", file=sys.stderr)
         return text

@@ -71,6 +71,8 @@ def stage_cost(run_dir: str) -> dict:
     m = manifest.get("metrics") or {}
     sources = [m, m.get("cost") or {}, manifest.get("cost") or {}, _last_metrics(run_dir)]
     wall, tokens, tps = _pick(sources, "wall_time_s"), _pick(sources, "tokens"), _pick(sources, "tokens_per_s")
+    if tokens is None and wall and tps:
+        tokens = round(tps * wall)   # the loop logs a rate and a time; their product is the tokens seen
     if tps is None and wall and tokens:
         tps = tokens / wall
     if wall is None and tps and tokens:
