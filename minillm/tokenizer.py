@@ -121,6 +121,9 @@ class Tokenizer:
     def vocab_size(self):
         return len(self.token_bytes)
 
+    def __repr__(self):
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, specials={len(self.special_ids)})"
+
     def decode(self, ids):
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
@@ -203,6 +206,11 @@ class BPETokenizer(Tokenizer):
         self.token_bytes = [0 if (t is None or i in specials) else len(t) for i, t in enumerate(table)]
         self._enc = tiktoken.Encoding(name, pat_str=self.pattern, mergeable_ranks=self.ranks,
                                       special_tokens=self.special_ids)
+
+    def __repr__(self):
+        pattern = next((k for k, v in PATTERNS.items() if v == self.pattern), "custom")
+        merges = "" if self.merges is None else f", merges={len(self.merges)}"
+        return f"BPETokenizer(name={self.name!r}, vocab_size={self.vocab_size}{merges}, pattern={pattern!r})"
 
     # --- training -----------------------------------------------------------------------------
     @classmethod

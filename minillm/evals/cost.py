@@ -63,6 +63,23 @@ def _pick(sources, key):
     return None
 
 
+def _model_counts(run_dir):
+    """(params, flops_per_token) of the run's model from its config.json, built on the 'meta' device
+    (shapes only, no memory, no weights read); (None, None) when there is no model config."""
+    cfg = _read_json(os.path.join(run_dir, "config.json")) or {}
+    if not isinstance(cfg.get("model"), dict):
+        return None, None
+    try:
+        import torch
+
+        from minillm.model import ModelConfig, Transformer
+        with torch.device("meta"):
+            model = Transformer(ModelConfig(**cfg["model"]))
+        return model.num_params(), model.flops_per_token()
+    except Exception:  # an old or foreign config: report the cost without FLOPs rather than fail
+        return None, None
+
+
 def stage_cost(run_dir: str) -> dict:
     """{"run", "stage", "wall_time_s", "tokens", "tokens_per_s", "params", "flops", "peak_memory_mb"} of one run."""
     manifest = _read_json(os.path.join(run_dir, "manifest.json"))
@@ -78,6 +95,8 @@ def stage_cost(run_dir: str) -> dict:
     if wall is None and tps and tokens:
         wall = tokens / tps
     params, fpt = _pick(sources, "params"), _pick(sources, "flops_per_token")
+    if params is None and fpt is None:
+        params, fpt = _model_counts(run_dir)
     if fpt is None and params:
         fpt = 6 * params
     peak = _pick(sources, "peak_memory_bytes")
