@@ -138,7 +138,9 @@ def evaluate_all(out_dir, results, preset="tiny"):
             if "domain_perplexity" not in r:
                 r.update(lm_metrics(model, tok, world))
             if "oracle_score" not in r:
-                r.update({k: v for k, v in chat_metrics(model, tok, world, oracle, limit=EVAL_LIMIT.get(preset)).items()})
+                r.update(chat_metrics(model, tok, world, oracle, limit=EVAL_LIMIT.get(preset)))
+                # keep them in the stage's eval.json, so a re-run of the pipeline does not measure them again
+                atomic_write_json(os.path.join(out_dir, name, "eval.json"), r)
         summary[name] = {k: v for k, v in r.items() if not isinstance(v, list)}
     return summary
 

@@ -114,3 +114,36 @@ def kl_to_reference(model, ref_model, tok, prompts, max_new_tokens: int = 32, se
         ref_lp = rl.token_logprobs(ref_model(ids, attn)[:, :-1], ids[:, 1:])
         total += ((lp - ref_lp) * mask).sum().item()
     return total / max(len(gens), 1)
+
+
+# ---------------------------------------------------------------------------------------------- `minillm eval`
+
+def _world(config):
+    from minillm.data.world import World
+    return World(seed=config.get("data", {}).get("world_seed", 0))
+
+
+def eval_language_model(run_dir, model, tok, manifest, config):
+    """finetune (and any LM): domain and general perplexity on the world's held-out documents."""
+    return lm_metrics(model, tok, _world(config))
+
+
+def eval_chat_model(run_dir, model, tok, manifest, config):
+    """sft / ppo / dpo: the oracle's verdict on the held-out instructions, plus the perplexities."""
+    from minillm.data.oracle import Oracle
+    world = _world(config)
+    out = chat_metrics(model, tok, world, Oracle(world))
+    out.update(lm_metrics(model, tok, world))
+    return out
+
+
+def eval_reward_model(run_dir, model, tok, manifest, config):
+    """reward: pairwise accuracy on the world's held-out preference pairs (overall and per kind of mistake)."""
+    from minillm.stages.reward import encode_pairs, pairwise_accuracy
+    pairs = _world(config).preference_pairs("test")
+    return pairwise_accuracy(model, tok, encode_pairs(tok, pairs, model.cfg.block_size),
+                             by_kind=[p.get("kind", "") for p in pairs])
+
+
+POST_EVALUATORS = {"finetune": eval_language_model, "sft": eval_chat_model, "ppo": eval_chat_model,
+                   "dpo": eval_chat_model, "reward": eval_reward_model}
