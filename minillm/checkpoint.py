@@ -110,7 +110,7 @@ def load_tensors(path):
             metadata = f.metadata() or {}
         return load_file(path), metadata
     except (SafetensorError, OSError, ValueError) as e:
-        raise MiniLLMError(f"checkpoint {path} is corrupt ({e}); delete it and retrain, or resume from a copy") from None
+        raise MiniLLMError(f"checkpoint {path} is corrupt ({e}); delete it and retrain") from None
 
 
 def save_model(run_dir, model, step=None):

@@ -275,23 +275,24 @@ def estimate_val_loss(model, stage, cfg, device):
     return sum(losses) / max(1, len(losses))
 
 
-def train(model, stage, cfg: TrainConfig, run_dir, *, config=None, manifest=None, resume=False, stop_after=None):
+def train(model, stage, cfg: TrainConfig, run_dir, *, config=None, manifest=None, resume=False, stop_after=None,
+          final_eval=True):
     """Train `model` on `stage` into run_dir; -> final metrics dict.
 
     config: the full effective config dict, saved as config.json and compared on resume.
     manifest: fields for manifest.json (stage, parent, seed, data_sha256, tokenizer_sha256, ...).
     resume: continue from the checkpoint in run_dir. stop_after: stop (with a checkpoint) after this many steps
-    in total, as an interruption would; the run can then be resumed."""
+    in total, as an interruption would; the run can then be resumed. final_eval: run stage.evaluate at the end."""
     threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after)
+        return _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after, final_eval)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after):
+def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after, final_eval):
     rank, world = ddp_setup()
     main = rank == 0
     device = resolve_device(cfg.device)
@@ -324,8 +325,8 @@ def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after):
             if os.path.exists(logger.path):
                 os.remove(logger.path)
     if main:
-        write_manifest(run_dir, config=config, seed=cfg.seed, device=device_info(device), status="running",
-                       **(manifest or {}))
+        write_manifest(run_dir, config=config, seed=cfg.seed, device=device_info(device), world_size=world,
+                       status="running", **(manifest or {}))
 
     net = model
     if cfg.compile:
@@ -394,7 +395,7 @@ def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after):
     if step >= cfg.max_steps:
         if "val_loss" not in final:
             final["val_loss"] = estimate_val_loss(model, stage, cfg, device)
-        if hasattr(stage, "evaluate") and main:
+        if final_eval and hasattr(stage, "evaluate") and main:
             final.update(stage.evaluate(model))
     if main:
         write_manifest(run_dir, metrics=final, status="done" if step >= cfg.max_steps else "interrupted")

@@ -32,17 +32,27 @@ def flag_overrides(args):
     return [f"{k}={v}" for k, v in flags.items() if v is not None]
 
 
+def barrier():
+    import torch.distributed as dist
+    dist.barrier()
+
+
 def run(args):
     import torch
 
     from minillm.config import load_config
     from minillm.stages.pretrain import prepare
     from minillm.model import Transformer
-    from minillm.train import train
+    from minillm.train import ddp_setup, train
 
     cfg = load_config(args.preset, args.config, list(args.set) + flag_overrides(args))
-    rank = int(os.environ.get("RANK", "0"))
-    stage, tok, fields = prepare(cfg, args.out, resume=args.resume, progress=rank == 0 and cfg.train.progress)
+    rank, world = ddp_setup()  # under torchrun: rank 0 writes the tokenizer and shards, the others then read them
+    if rank != 0:
+        barrier()
+    stage, tok, fields = prepare(cfg, args.out, resume=args.resume or rank != 0,
+                                 progress=rank == 0 and cfg.train.progress)
+    if rank == 0 and world > 1:
+        barrier()
     torch.manual_seed(cfg.train.seed)
     model = Transformer(cfg.model)
     if rank == 0:
