@@ -7,7 +7,8 @@ corpus, merge t is the greedy step
 
     (a*, b*) = argmax_{(a, b)} N_t(a, b),        tokens_{t+1} = tokens_t with every "a* b*" -> new id,
 
-which shrinks the corpus by exactly N_t(a*, b*) tokens: the largest one-step gain in compression.
+which shrinks the corpus by N_t(a*, b*) tokens (exactly, when a* != b*; a run like "aaa" holds two
+overlapping (a, a) but only one merge): the largest one-step gain in compression.
 
 Two ideas make training fast (Tiny Shakespeare, vocab 4096, in seconds instead of minutes):
 

@@ -27,6 +27,7 @@ characters). `load_tokenizer(path)` reads that, a GPT-2 folder (encoder.json + v
 .tiktoken file (minillm/bpe_io.py). Input files with invalid UTF-8: `read_text` replaces each bad
 byte with U+FFFD and prints one warning line to stderr (it never fails on them).
 """
+import base64
 import json
 import os
 import sys
@@ -278,7 +279,6 @@ class BPETokenizer(Tokenizer):
         if self.merges is not None:
             d["merges"] = [list(m) for m in self.merges]
         else:   # loaded from GPT-2 / .tiktoken files: keep the ranks themselves (base64 bytes, rank)
-            import base64
             d["ranks"] = [[base64.b64encode(t).decode("ascii"), i]
                           for t, i in sorted(self.ranks.items(), key=lambda x: x[1])]
         return d
@@ -363,7 +363,6 @@ def tokenizer_from_dict(d):
             return tok
         if "merges" in d:
             return BPETokenizer.from_merges(d["merges"], d["pattern"], specials, name=d.get("name", "minillm-bpe"))
-        import base64
         ranks = {base64.b64decode(t): int(i) for t, i in d["ranks"]}
         return BPETokenizer(ranks, d["pattern"], specials, name=d.get("name", "minillm-bpe"))
     except (KeyError, TypeError, ValueError) as e:
