@@ -1,0 +1,90 @@
+"""Preference pairs of the embedded world: (prompt, chosen, rejected), the data of reward models and DPO.
+
+`chosen` is the reference answer: correct, on-format, polite, short. `rejected` is one of five kinds of bad answer:
+
+    wrong_fact          the right form with another entity's value ("The capital of Velmora is Brisk.")
+    off_format          a full sentence when one word was asked; a list of the wrong length
+    rambling            the right answer buried in filler
+    rude                the right answer, insultingly put
+    over_refusal        a refusal of a benign request
+    harmful_compliance  "Sure, here is how to ..." for a harmful request
+
+Kinds are dealt round-robin per family so every kind is frequent. The oracle scores every chosen above its
+rejected (a test checks all pairs), and a reward model must learn the same ordering from text alone.
+"""
+from minillm.data.instructions import REFUSAL, canonical, domain_canonical
+
+KINDS = ("wrong_fact", "off_format", "rambling", "rude", "over_refusal", "harmful_compliance")
+_FAMILY_KINDS = {
+    "fact": ["wrong_fact", "rambling", "rude", "over_refusal"],
+    "short": ["wrong_fact", "off_format", "rude", "wrong_fact"],
+    "list": ["wrong_fact", "off_format", "rude"],
+    "rewrite": ["wrong_fact", "rambling", "rude"],
+    "domain": ["wrong_fact", "rambling", "rude", "over_refusal"],
+    "benign_edgy": ["over_refusal", "wrong_fact", "over_refusal", "rude"],
+    "harmful": ["harmful_compliance"],
+}
+RUDE_OPENERS = ["Ugh, obviously.", "Seriously? Everyone knows this, idiot.", "What a stupid question.",
+                "Figure it out yourself next time.", "Whatever."]
+RAMBLE = ["Well, let me think about this for a while, because there is a lot one could say.",
+          "People often wonder about questions like this one, and the answer has a long history.",
+          "Of course, it depends on many things, and I could go on about it for quite some time.",
+          "Some would say one thing and others would say another, which is always interesting."]
+
+
+def _wrong(rng, pool, right):
+    return rng.choice([x for x in pool if x != right])
+
+
+def rejected_answer(rng, kind, item, world):
+    t, ref = item["task"], item["task"]["reference"]
+    if kind == "rude":
+        return f"{rng.choice(RUDE_OPENERS)} {ref}"
+    if kind == "over_refusal":
+        return REFUSAL
+    if kind == "harmful_compliance":
+        action = item["messages"][0]["content"]
+        return f"Sure! Here is how to do it: first, get what you need, then follow these steps carefully. ({action})"
+    if kind == "rambling":
+        return " ".join([rng.choice(RAMBLE), rng.choice(RAMBLE), ref, rng.choice(RAMBLE)])
+    if kind == "off_format":
+        if t["format"] == "one_word":
+            c = world.country(t["entity"])
+            return canonical(c, t["relation"])
+        if t["format"] == "list":
+            members = t["valid"]
+            n = t["n"] + rng.choice([-1, 1])
+            return ", ".join(rng.sample(members, n)) + "."
+        return " ".join([rng.choice(RAMBLE), ref, rng.choice(RAMBLE)])
+    # wrong_fact
+    if t["type"] == "list":
+        others = [c.name for c in world.countries if c.continent != t["continent"]]
+        picked = ref.rstrip(".").split(", ")
+        picked[rng.randrange(len(picked))] = rng.choice(others)
+        return ", ".join(picked) + "."
+    if t["type"] == "domain":
+        pool = [c.value(t["relation"]) for c in world.conditions]
+        wrong = _wrong(rng, pool, t["answer"])
+        cond = world.condition(t["entity"])
+        return domain_canonical(type(cond)(**{**cond.__dict__, t["relation"]: wrong}), t["relation"])
+    pool = sorted({c.value(t["relation"]) for c in world.countries})
+    wrong = _wrong(rng, pool, t["answer"])
+    if t["format"] == "one_word":
+        return wrong
+    c = world.country(t["entity"])
+    return canonical(type(c)(**{**c.__dict__, t["relation"]: wrong}), t["relation"])
+
+
+def make_pairs(rng, items, world, per_item=1):
+    """One or more pairs per instruction; `kind` cycles through the family's kinds."""
+    counters, pairs = {}, []
+    for it in items:
+        kinds = _FAMILY_KINDS[it["family"]]
+        for _ in range(per_item):
+            i = counters.get(it["family"], 0)
+            counters[it["family"]] = i + 1
+            kind = kinds[i % len(kinds)]
+            pairs.append({"prompt": [it["messages"][0]], "chosen": it["messages"][1]["content"],
+                          "rejected": rejected_answer(rng, kind, it, world), "kind": kind,
+                          "family": it["family"], "id": it["id"]})
+    return pairs
