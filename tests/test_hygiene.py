@@ -191,6 +191,8 @@ def test_world_planted_items_are_all_found():
         assert v["planted"] > 0, f"the world plants no {cat}"
         assert v["found"] == v["planted"], (cat, v["missed"])
     assert rep["leakage"]["after"]["max_rate"] == 0.0
+    # precision too: only the documents carrying a leaked item go, not every document stating a fact
+    assert len(w.planted["leaks"]) <= rep["removed"]["leakage"] <= len(w.planted["leaks"]) + 2
 
 
 def test_cli_data_clean_writes_corpus_and_report(tmp_path):

@@ -30,7 +30,8 @@ from minillm.data import minhash, pii
 from minillm.data.leakage import check_leakage, item_text, leakage_report, words  # noqa: F401 (re-exported)
 
 __all__ = ["HygieneConfig", "clean", "clean_world", "normalise", "exact_key", "quality_reasons", "check_leakage",
-           "leakage_report", "planted_found", "world_eval_sets", "split_overlap", "read_documents"]
+           "leakage_report", "planted_found", "world_eval_sets", "split_overlap", "read_documents", "cleaned_world",
+           "manifest_summary", "leakage_summary"]
 
 
 @dataclass
@@ -87,8 +88,7 @@ def _preview(text: str, n: int = 100) -> str:
     return t if len(t) <= n else t[:n - 1] + "…"
 
 
-def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | None = None,
-          progress: bool = False) -> tuple[list[str], dict]:
+def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | None = None) -> tuple[list[str], dict]:
     """Clean a list of documents; returns (kept documents, report).
 
     The report: {"config", "input": {"documents", "chars"}, "output": {...}, "removed": {reason: count},
@@ -342,3 +342,31 @@ def summary_lines(report: dict) -> list[str]:
     for cat, v in report.get("planted", {}).items():
         lines.append(f"planted {cat}: found {v['found']}/{v['planted']}")
     return lines
+
+
+_CLEAN_CACHE: dict = {}
+
+
+def cleaned_world(world, cfg: HygieneConfig | None = None) -> tuple[dict, dict]:
+    """clean_world, computed once per (seed, plant, config) in this process: training stages that read the world
+    call it instead of the raw corpora. Returns ({"general": docs, "domain": docs}, report)."""
+    cfg = cfg or HygieneConfig()
+    key = (world.seed, getattr(world, "plant", True), tuple(sorted(asdict(cfg).items())))
+    if key not in _CLEAN_CACHE:
+        _CLEAN_CACHE[key] = clean_world(world, cfg)
+    out, report = _CLEAN_CACHE[key]
+    return {k: list(v) for k, v in out.items()}, report
+
+
+def manifest_summary(report: dict) -> dict:
+    """The part of a hygiene report worth keeping in a run's manifest (counts, not documents)."""
+    out = {"input_documents": report["input"]["documents"], "output_documents": report["output"]["documents"],
+           "removed": report["removed"], "pii": report["pii"]}
+    if report.get("planted"):
+        out["planted_found"] = {k: f"{v['found']}/{v['planted']}" for k, v in report["planted"].items()}
+    return out
+
+
+def leakage_summary(report: dict) -> dict:
+    """check_leakage's report without document indices: what goes into manifest["leakage"]."""
+    return {k: v for k, v in report.items() if k != "leaking_docs"}

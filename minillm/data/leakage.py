@@ -4,7 +4,7 @@ A model that saw a test item during training can recite it, and its score then m
 skill (GPT-3, Brown et al. 2020, appendix C; Dodge et al. 2021 on C4). The standard check is n-gram
 overlap on normalised words (lower-cased, punctuation dropped):
 
-    item is contaminated  ⇔  |ngrams_n(item) ∩ ngrams_n(train)| / |ngrams_n(item)| ≥ overlap
+    item is contaminated  ⇔  mean over its fields f of |G_n(f) ∩ G_n(train)| / |G_n(f)|  ≥ overlap
 
 with n around 8-13 words. An item is split into its fields (question, answer) and n-grams never span two
 fields; a field shorter than n words is one gram of all its words (GPT-3 did the same), so a short prompt
@@ -119,7 +119,10 @@ def leakage_report(train_docs: list[str], eval_sets: dict, n: int = 8, overlap: 
     An item's grams are the n-grams of each of its segments (a segment shorter than n words is one gram of
     all its words); an item of fewer than `min_words` words in all is "skipped".
     Returns {"n", "overlap", "sets": {name: {"items", "checked", "skipped", "contaminated", "rate", "examples"}},
-    "max_rate", "leaking_docs": [indices of train docs holding a gram of a contaminated item]}.
+    "max_rate", "leaking_docs": [...]}. The leaking documents of a contaminated item are those that alone hold
+    >= `overlap` of its grams (the copy of the item); only when no single document does (an item spread over
+    several) every document holding one of its grams is listed. So a document that merely states a fact which
+    is also a leaked answer is kept.
     """
     vocab = _Vocab()
     per_set = {}
@@ -127,9 +130,9 @@ def leakage_report(train_docs: list[str], eval_sets: dict, n: int = 8, overlap: 
         per_set[name] = [(item_text(x), _grams(vocab, item_segments(x), n, min_words)) for x in items]
     lengths = sorted({L for items in per_set.values() for _, gs in items for L, _ in gs})
     train_ids = [vocab.encode(words(d)) for d in train_docs]
-    pool = {L: (np.unique(np.concatenate([ngram_hashes(ids, L) for ids in train_ids])) if train_ids
-                else np.zeros(0, np.uint64)) for L in lengths}
-    sets, bad = {}, {}
+    doc_grams = {L: [np.unique(ngram_hashes(ids, L)) for ids in train_ids] for L in lengths}  # sorted per doc
+    pool = {L: (np.unique(np.concatenate(doc_grams[L])) if train_ids else np.zeros(0, np.uint64)) for L in lengths}
+    sets, bad = {}, []
     for name, items in per_set.items():
         info = {"items": len(items), "checked": 0, "skipped": 0, "contaminated": 0, "rate": 0.0, "examples": []}
         for text, gs in items:
@@ -137,20 +140,22 @@ def leakage_report(train_docs: list[str], eval_sets: dict, n: int = 8, overlap: 
                 info["skipped"] += 1
                 continue
             info["checked"] += 1
-            hits = [member(g, pool[L]) for L, g in gs]
-            if np.concatenate(hits).mean() >= overlap:
+            if np.mean([member(g, pool[L]).mean() for L, g in gs]) >= overlap:   # fields weigh equally
                 info["contaminated"] += 1
-                for (L, g), h in zip(gs, hits):
-                    bad.setdefault(L, []).append(g[h])
+                bad.append(gs)
                 if len(info["examples"]) < 3:
                     info["examples"].append(text[:160])
         info["rate"] = info["contaminated"] / max(info["checked"], 1)
         sets[name] = info
-    leaking = []
-    if bad:
-        bad = {L: np.unique(np.concatenate(gs)) for L, gs in bad.items()}
-        leaking = [i for i, ids in enumerate(train_ids)
-                   if any(member(ngram_hashes(ids, L), g).any() for L, g in bad.items())]
+    leaking = set()
+    for gs in bad:
+        frac = np.zeros(len(train_docs))                       # (D,) share of this item found in each document
+        for L, g in gs:
+            for i, dg in enumerate(doc_grams[L]):
+                frac[i] += member(g, dg).mean() / len(gs)
+        whole = np.nonzero(frac >= overlap)[0]
+        leaking.update((whole if len(whole) else np.nonzero(frac)[0]).tolist())
+    leaking = sorted(leaking)
     return {"n": n, "overlap": overlap, "min_words": min_words, "sets": sets,
             "max_rate": max((s["rate"] for s in sets.values()), default=0.0), "leaking_docs": leaking}
 
