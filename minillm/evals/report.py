@@ -138,3 +138,23 @@ def render_model_card(run_dir: str, manifest: dict, release_info: dict) -> str:
               f"Code version: `{json.dumps(manifest.get('code_version'))}`; packages: "
               f"`{json.dumps(manifest.get('packages'))}`; device: `{json.dumps(manifest.get('device'))}`.", ""]
     return "\n".join(lines)
+
+
+def pipeline_sections(out_dir: str, chat_stages=("dpo", "ppo", "sft"), world_seed: int = 0,
+                      max_items: int = 40, n_robust: int = 24) -> str:
+    """The trust sections of a pipeline's report.md: hygiene (out_dir/hygiene/hygiene.json), then safety and
+    robustness of the last chat model (computed once, cached in its run dir), cost along its lineage and the
+    lineage graph. Small item limits keep it to a minute on a laptop."""
+    hygiene = _read(os.path.join(out_dir, "hygiene", "hygiene.json"))
+    final = next((os.path.join(out_dir, s) for s in chat_stages
+                  if os.path.isfile(os.path.join(out_dir, s, "model.safetensors"))), None)
+    if final is None:
+        return render_hygiene(hygiene) if hygiene else ""
+    if not os.path.isfile(os.path.join(final, "safety.json")):
+        from minillm.evals.safety import run_safety
+        run_safety(final, world_seed, max_items=max_items)
+    if not os.path.isfile(os.path.join(final, "robustness.json")):
+        from minillm.evals.robustness import run_robustness
+        run_robustness(final, world_seed, n=n_robust)
+    return (f"## Trust: {os.path.basename(final)} (the final chat model)\n\n"
+            + render_sections(final, hygiene))
