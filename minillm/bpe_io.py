@@ -41,7 +41,8 @@ def bytes_to_unicode():
     >>> bytes_to_unicode()[ord("a")], bytes_to_unicode()[ord(" ")]
     ('a', 'Ġ')
     """
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):

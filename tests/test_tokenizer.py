@@ -1,4 +1,5 @@
 """The BPE trainer, both encoders, specials, the chat template, save/load, the char tokenizer, bad input, CLI."""
+import base64
 import json
 import os
 import random
@@ -15,14 +16,13 @@ from minillm.tokenizer import (SPECIAL_TOKENS, BPETokenizer, CharTokenizer, load
 
 def english_text():
     """Tiny Shakespeare where this checkout can see it, else (a clean CI machine) English text that ships with
-    Python: the source of a few standard-library modules (docstrings and comments). Both are > 400 kB."""
+    Python: the text of its help() topics. Both are > 400 kB."""
     for path in (os.environ.get("MINILLM_SHAKESPEARE", ""), SHAKESPEARE, "/work/shared/data/tinyshakespeare.txt"):
         if path and os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 return f.read()
-    import argparse, inspect as ins, pydoc, tarfile, typing, unittest.case, zipfile  # noqa: E401
-    text = "".join(open(ins.getsourcefile(m), encoding="utf-8").read()
-                   for m in (argparse, ins, pydoc, tarfile, typing, unittest.case, zipfile))
+    from pydoc_data.topics import topics        # the text of Python's help() topics: ~465 kB of English
+    text = "\n".join(topics.values())
     assert len(text) > 400_000
     return text
 
@@ -46,7 +46,8 @@ def _random_words(seed, alphabet, n):
 CORPORA = {
     "shakespeare": lambda s: [s[:60_000]],
     "abc-words": lambda s: [_random_words(0, "abc", 3000)],               # many equal counts: tie-breaks
-    "unicode": lambda s: ["naïve café — 東京は晴れ、大阪は雨。 Ünïcödé 🙂🙂 " * 40, _random_words(1, "añ東🙂", 800)],
+    "unicode": lambda s: ["naïve café — 東京は晴れ、大阪は雨。 Ünïcödé 🙂🙂 " * 40,
+                          _random_words(1, "añ東🙂", 800)],
     "code": lambda s: ["def f(x):\n    return x + 1\n\n\tif a != b: print('it''s')\r\n" * 60],
 }
 
@@ -90,6 +91,11 @@ def test_training_is_deterministic(shakespeare):
     a = BPETokenizer.train([shakespeare[:50_000]], 600)
     b = BPETokenizer.train([shakespeare[:50_000]], 600)
     assert a.merges == b.merges
+
+
+def test_a_smaller_vocabulary_is_the_first_merges_of_a_larger_one(tok, shakespeare):
+    small = BPETokenizer.train([shakespeare[:200_000]], vocab_size=600)     # `tok`: same text, vocab 1024
+    assert small.merges == tok.merges[:600 - 256 - len(SPECIAL_TOKENS)]
 
 
 def test_tiny_corpus_stops_when_no_pair_is_left():
@@ -252,6 +258,8 @@ def test_vocab_size_below_bytes_plus_specials_is_an_error():
 def test_bad_pattern_is_an_error():
     with pytest.raises(MiniLLMError, match="valid regex"):
         BPETokenizer.train(["x"], 300, pattern="(unclosed")
+    with pytest.raises(MiniLLMError, match="tiktoken cannot use"):    # \m: Python's regex only, not Rust's
+        BPETokenizer.train(["x"], 300, pattern=r"\m\w+|.")
 
 
 def test_missing_and_corrupt_tokenizer_files_are_errors(tmp_path):
@@ -265,6 +273,11 @@ def test_missing_and_corrupt_tokenizer_files_are_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "bpe", "pattern": "gpt4", "special_tokens": {},
                                                          "merges": [[1, 999]]}))
     with pytest.raises(MiniLLMError, match="merge 0"):
+        load_tokenizer(tmp_path)
+    ranks = [[base64.b64encode(bytes([b])).decode(), b] for b in range(256)] + [["YWI=", 255]]   # "ab" -> 255 too
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "bpe", "pattern": "gpt4", "special_tokens": {},
+                                                         "ranks": ranks}))
+    with pytest.raises(MiniLLMError, match="share an id"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "bpe"}))
     with pytest.raises(MiniLLMError, match="incomplete or corrupt"):
@@ -297,7 +310,8 @@ def test_cli_train_encode_decode_stats(tmp_path, capsys, shakespeare):
     assert capsys.readouterr().out == "First Citizen\n"
     assert main(["tokenizer", "stats", "--tokenizer", str(out), "--input", str(src)]) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert stats["bytes"] == 40_000 and stats["tokens"] == len(load_tokenizer(out).encode(shakespeare[:40_000]))
+    assert stats["bytes"] == len(shakespeare[:40_000].encode())
+    assert stats["tokens"] == len(load_tokenizer(out).encode(shakespeare[:40_000]))
     assert abs(stats["bytes_per_token"] - stats["bytes"] / stats["tokens"]) < 1e-3
 
 
@@ -317,3 +331,13 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, tok, argv, message):
     assert main(["tokenizer"] + argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    import minillm.bpe
+    import minillm.bpe_io
+    for module in (minillm.bpe, minillm.bpe_io):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0

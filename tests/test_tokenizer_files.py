@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 from tiktoken_ext import openai_public
 
-from minillm.bpe import GPT2_PATTERN, GPT4_PATTERN
+from minillm.bpe import GPT2_PATTERN, GPT4_PATTERN, O200K_PATTERN
 from minillm.bpe_io import bytes_to_unicode
 from minillm.errors import MiniLLMError
 from minillm.tokenizer import SPECIAL_TOKENS, BPETokenizer, load_tokenizer
@@ -45,6 +45,9 @@ def gpt2_dir(tmp_path, monkeypatch):
 def test_our_patterns_are_tiktokens():
     assert GPT2_PATTERN == openai_public.r50k_pat_str
     assert GPT4_PATTERN in openai_public.cl100k_base.__code__.co_consts    # the literal in cl100k_base()
+    parts = next(c for c in openai_public.o200k_base.__code__.co_consts     # the list literal of its parts
+                 if isinstance(c, tuple) and r"\p{N}{1,3}" in c)
+    assert O200K_PATTERN == "|".join(parts)
 
 
 def test_gpt2_files_load_with_tiktokens_ranks_and_encode_identically(gpt2_dir):
@@ -131,3 +134,15 @@ def test_bad_tiktoken_files_are_refused(tmp_path):
     bad.write_bytes(b"")
     with pytest.raises(MiniLLMError, match="no tokens"):
         load_tokenizer(bad)
+
+
+def test_cli_encodes_with_gpt2_folder_and_tiktoken_file(gpt2_dir, tmp_path, capsys):
+    from minillm.cli import main
+    tok = load_tokenizer(gpt2_dir)
+    path = tmp_path / "same.tiktoken"
+    path.write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % i for t, i in tok.ranks.items()))
+    for source in (gpt2_dir, path):
+        assert main(["tokenizer", "encode", "--tokenizer", str(source), "--text", "the king and the café"]) == 0
+        ids = json.loads(capsys.readouterr().out)
+        assert ids == load_tokenizer(source).encode("the king and the café")
+        assert tok.decode(ids) == "the king and the café" and tok.ranks[b" king"] in ids

@@ -1,6 +1,7 @@
 """`minillm tokenizer train | encode | decode | stats`.
 
-    minillm tokenizer train  --input FILE [FILE ...] --vocab-size N --out DIR [--pattern gpt4|gpt2|REGEX] [--type bpe|char]
+    minillm tokenizer train  --input FILE [FILE ...] --vocab-size N --out DIR
+                             [--pattern gpt4|gpt2|REGEX] [--type bpe|char] [--quiet]
     minillm tokenizer encode --tokenizer PATH --text TEXT [--allow-special]   # prints the ids as a JSON list
     minillm tokenizer decode --tokenizer PATH --ids '[72, 105]'                # prints the text
     minillm tokenizer stats  --tokenizer PATH --input FILE [FILE ...]           # bytes per token, tokens, time

@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass
 from minillm.data import minhash, pii
 from minillm.data.leakage import check_leakage, item_text, leakage_report, words  # noqa: F401 (re-exported)
 
-__all__ = ["HygieneConfig", "clean", "normalise", "exact_key", "quality_reasons", "check_leakage",
-           "leakage_report", "planted_found", "world_eval_sets"]
+__all__ = ["HygieneConfig", "clean", "clean_world", "normalise", "exact_key", "quality_reasons", "check_leakage",
+           "leakage_report", "planted_found", "world_eval_sets", "split_overlap", "read_documents", "cleaned_world",
+           "manifest_summary", "leakage_summary"]
 
 
 @dataclass
@@ -45,7 +46,7 @@ class HygieneConfig:
     shingle: int = 5
     shingle_unit: str = "char"
     leak_n: int = 8                 # n of the word n-grams of the leakage check
-    leak_overlap: float = 0.5       # an eval item is contaminated when this fraction of its n-grams is in train
+    leak_overlap: float = 0.6       # an eval item is contaminated when this fraction of its n-grams is in train
     remove_leaks: bool = True
     seed: int = 0
 
@@ -87,8 +88,7 @@ def _preview(text: str, n: int = 100) -> str:
     return t if len(t) <= n else t[:n - 1] + "…"
 
 
-def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | None = None,
-          progress: bool = False) -> tuple[list[str], dict]:
+def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | None = None) -> tuple[list[str], dict]:
     """Clean a list of documents; returns (kept documents, report).
 
     The report: {"config", "input": {"documents", "chars"}, "output": {...}, "removed": {reason: count},
@@ -101,9 +101,10 @@ def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | N
     alive = [True] * len(docs)
     texts = list(docs)
 
-    def drop(i, reason, detail=""):
+    def drop(i, reason, detail="", of=None):
         alive[i] = False
-        removals.append({"index": i, "reason": reason, "detail": detail, "preview": _preview(docs[i])})
+        removals.append({"index": i, "reason": reason, "detail": detail, "preview": _preview(docs[i]),
+                         **({"of": of} if of is not None else {})})
 
     # 1. quality
     for i, d in enumerate(docs):
@@ -127,7 +128,7 @@ def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | N
             if alive[i]:
                 k = exact_key(texts[i])
                 if k in first:
-                    drop(i, "exact_duplicate", f"of document {first[k]}")
+                    drop(i, "exact_duplicate", f"of document {first[k]}", of=first[k])
                 else:
                     first[k] = i
         # 4. near duplicates
@@ -141,7 +142,8 @@ def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | N
         for pos, root in enumerate(roots):
             if root != pos:
                 a, jac = best.get(pos, (root, float("nan")))
-                drop(idx[pos], "near_duplicate", f"of document {idx[root]} (Jaccard {jac:.2f} with {idx[a]})")
+                drop(idx[pos], "near_duplicate", f"of document {idx[root]} (Jaccard {jac:.2f} with {idx[a]})",
+                     of=idx[root])
     # 5. leakage
     leak = {}
     if eval_sets:
@@ -173,27 +175,28 @@ def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | N
 
 
 def world_eval_sets(world) -> dict:
-    """Every evaluation set the embedded world holds out: val corpora and the test prompts.
+    """The world's held-out evaluation items: test fact prompts, cloze sentences, instructions, preferences.
 
-    Each accessor is optional (the world grows over time); what exists is returned by name.
+    The val *corpora* are not here: they come from the same document templates as train, so n-gram overlap
+    with train is by design; `split_overlap` measures their near-duplicates instead (reported, not removed).
     """
     sets = {}
-    for name, fn, kw in [("general_val", "general_corpus", {"split": "val"}),
-                         ("domain_val", "domain_corpus", {"split": "val"}),
-                         ("fact_test", "fact_prompts", {"split": "test"}),
-                         ("cloze_test", "cloze_prompts", {"split": "test"}),
-                         ("instructions_test", "instructions", {"split": "test"}),
-                         ("preferences_test", "preference_pairs", {"split": "test"})]:
+    for name, fn in [("fact_test", "fact_prompts"), ("cloze_test", "cloze_prompts"),
+                     ("instructions_test", "instructions"), ("preferences_test", "preference_pairs")]:
         f = getattr(world, fn, None)
-        if f is None:
-            continue
-        try:
-            items = f(**kw)
-        except (TypeError, ValueError, KeyError):
-            continue
+        items = f(split="test") if f is not None else []
         if items:
             sets[name] = list(items)
     return sets
+
+
+def split_overlap(train: list[str], val: list[str], threshold: float = 0.8, seed: int = 0) -> dict:
+    """How many val documents have a near-duplicate (Jaccard >= threshold) in train: a val loss on them is
+    optimistic. {"val_documents", "with_near_duplicate_in_train", "rate"}."""
+    pairs = minhash.near_duplicates(list(train) + list(val), threshold=threshold, seed=seed)
+    n = len(train)
+    hit = {j for i, j, _ in pairs if i < n <= j}
+    return {"val_documents": len(val), "with_near_duplicate_in_train": len(hit), "rate": len(hit) / max(len(val), 1)}
 
 
 def _as_text(x) -> str:
@@ -230,16 +233,21 @@ def planted_found(report: dict, planted: dict, docs: list[str]) -> dict:
         key = normalise(t)
         return [i for i, d in enumerate(docs) if key and key in normalise(d)]
 
+    dup = {"exact_duplicate", "near_duplicate"}
     out = {}
-    for cat, reasons in [("exact_duplicates", {"exact_duplicate", "near_duplicate"}),
-                         ("near_duplicates", {"near_duplicate", "exact_duplicate"}),
-                         ("leaks", {"leakage"})]:
+    for cat, reasons in [("exact_duplicates", dup), ("near_duplicates", dup), ("leaks", {"leakage"})]:
         items = planted.get(cat, [])
         missed = []
         for x in items:
-            where = locate(x)
-            if not any(removed.get(i) in reasons for i in where):
-                missed.append(_preview(_as_text(x)))
+            if isinstance(x, dict) and "original" in x and "duplicate" in x:
+                # a near-duplicate pair is found when not both copies survive (either may be the one dropped)
+                where = locate(x["original"]) + locate(x["duplicate"])
+                ok = any(removed.get(i) in reasons for i in where)
+            else:
+                # an exact copy: some copy of the text was dropped as a duplicate; a leak: its document was dropped
+                ok = any(removed.get(i) in reasons for i in locate(x))
+            if not ok:
+                missed.append(_preview(_as_text(x.get("duplicate", x) if isinstance(x, dict) else x)))
         out[cat] = {"planted": len(items), "found": len(items) - len(missed), "missed": missed}
     redacted = {(r["type"], pii.normalise_value(r["value"])) for r in report["redactions"]}
     items = planted.get("pii", [])
@@ -303,8 +311,7 @@ def clean_world(world, cfg: HygieneConfig | None = None) -> tuple[dict, dict]:
     for name, ds in corpora.items():
         docs += ds
         source += [name] * len(ds)
-    kept_idx_report = clean(docs, world_eval_sets(world), cfg)
-    kept, report = kept_idx_report
+    kept, report = clean(docs, world_eval_sets(world), cfg)
     removed = {r["index"] for r in report["removals"]}
     out = {name: [] for name in corpora}
     it = iter(kept)
@@ -313,6 +320,9 @@ def clean_world(world, cfg: HygieneConfig | None = None) -> tuple[dict, dict]:
             out[source[i]].append(next(it))
     report["corpora"] = {name: {"input": len(ds), "output": len(out[name])} for name, ds in corpora.items()}
     report["planted"] = planted_found(report, getattr(world, "planted", {}) or {}, docs)
+    cfg = cfg or HygieneConfig()
+    report["split_overlap"] = {name: split_overlap(out[name], fn(split="val"), cfg.near_threshold, cfg.seed)
+                               for name, fn in [("general", world.general_corpus), ("domain", world.domain_corpus)]}
     return out, report
 
 
@@ -326,6 +336,37 @@ def summary_lines(report: dict) -> list[str]:
         b, a = report["leakage"]["before"], report["leakage"]["after"]
         lines.append("contamination (before -> after): " + ", ".join(
             f"{k} {b['sets'][k]['rate']:.1%}->{a['sets'][k]['rate']:.1%}" for k in b["sets"]))
+    for name, v in report.get("split_overlap", {}).items():
+        lines.append(f"{name} val documents with a near-duplicate in train: {v['with_near_duplicate_in_train']}"
+                     f"/{v['val_documents']} (reported, not removed)")
     for cat, v in report.get("planted", {}).items():
         lines.append(f"planted {cat}: found {v['found']}/{v['planted']}")
     return lines
+
+
+_CLEAN_CACHE: dict = {}
+
+
+def cleaned_world(world, cfg: HygieneConfig | None = None) -> tuple[dict, dict]:
+    """clean_world, computed once per (seed, plant, config) in this process: training stages that read the world
+    call it instead of the raw corpora. Returns ({"general": docs, "domain": docs}, report)."""
+    cfg = cfg or HygieneConfig()
+    key = (world.seed, getattr(world, "plant", True), tuple(sorted(asdict(cfg).items())))
+    if key not in _CLEAN_CACHE:
+        _CLEAN_CACHE[key] = clean_world(world, cfg)
+    out, report = _CLEAN_CACHE[key]
+    return {k: list(v) for k, v in out.items()}, report
+
+
+def manifest_summary(report: dict) -> dict:
+    """The part of a hygiene report worth keeping in a run's manifest (counts, not documents)."""
+    out = {"input_documents": report["input"]["documents"], "output_documents": report["output"]["documents"],
+           "removed": report["removed"], "pii": report["pii"]}
+    if report.get("planted"):
+        out["planted_found"] = {k: f"{v['found']}/{v['planted']}" for k, v in report["planted"].items()}
+    return out
+
+
+def leakage_summary(report: dict) -> dict:
+    """check_leakage's report without document indices: what goes into manifest["leakage"]."""
+    return {k: v for k, v in report.items() if k != "leaking_docs"}

@@ -4,10 +4,13 @@ A model that saw a test item during training can recite it, and its score then m
 skill (GPT-3, Brown et al. 2020, appendix C; Dodge et al. 2021 on C4). The standard check is n-gram
 overlap on normalised words (lower-cased, punctuation dropped):
 
-    item is contaminated  ⇔  |ngrams_n(item) ∩ ngrams_n(train)| / |ngrams_n(item)| ≥ overlap
+    item is contaminated  ⇔  mean over its fields f of |G_n(f) ∩ G_n(train)| / |G_n(f)|  ≥ overlap
 
-with n around 8-13 words. An item shorter than n words is represented by all its words as one gram
-(GPT-3 did the same), so a short prompt counts as leaked only when it appears verbatim.
+with n around 8-13 words. An item is split into its fields (question, answer) and n-grams never span two
+fields; a field shorter than n words is one gram of all its words (GPT-3 did the same), so a short prompt
+counts as leaked only when it appears verbatim. With overlap 0.6 a question + answer item is contaminated
+only when both appear: an answer alone ("The capital of Velmora is Tarsk.") is a fact the corpus is
+*meant* to teach, not a leak.
 The contamination *rate* of an eval set is the fraction of its items that are contaminated;
 `check_leakage` refuses (MiniLLMError) when any set's rate exceeds the threshold, unless `allow=True`,
 and its report records the override so the manifest can carry it.
@@ -32,29 +35,40 @@ def words(text: str) -> list[str]:
     return _WORD_RE.findall(text.lower())
 
 
-def item_text(item) -> str:
-    """The text of an eval item, whatever its shape: a string, a chat, or a dict from the world.
+def item_segments(item) -> list[str]:
+    """The texts of an eval item, one per field, whatever its shape (n-grams never span two fields).
 
-    {"prompt": "The capital of Italy is", "answer": " Rome"} -> "The capital of Italy is Rome"
-    {"text": "The capital of <|mask|> is Rome.", "answer": "Italy"} -> "The capital of Italy is Rome."
-    {"messages": [{"role": "user", "content": "hi"}, ...]} -> "hi ..."
+    "Velmora's capital is Tarsk" -> ["Velmora's capital is Tarsk"]
+    {"prompt": "Velmora's capital is", "answer": " Tarsk"} -> ["Velmora's capital is Tarsk"]
+    {"text": "<|mask|>'s capital is Tarsk.", "answer": "Velmora"} -> ["Velmora's capital is Tarsk."]
+    {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} -> [q, a]
+    {"prompt": [user message], "chosen": c, "rejected": r} -> [q, c]   (the rejected answer is not a test item)
     """
     if isinstance(item, str):
-        return item
+        return [item]
     if isinstance(item, dict):
         if "messages" in item:
-            return item_text(item["messages"])
+            return item_segments(item["messages"])
         if "text" in item and "answer" in item and "<|mask|>" in str(item["text"]):
-            return str(item["text"]).replace("<|mask|>", str(item["answer"]).strip(), 1)
+            return [str(item["text"]).replace("<|mask|>", str(item["answer"]).strip(), 1)]
+        if "prompt" in item and "chosen" in item:
+            return item_segments(item["prompt"]) + [str(item["chosen"])]
         if "prompt" in item:
-            return item_text(item["prompt"]) + str(item.get("answer", item.get("chosen", "")))
+            if isinstance(item["prompt"], str):
+                return [item["prompt"] + str(item.get("answer", ""))]
+            return item_segments(item["prompt"]) + ([str(item["answer"])] if "answer" in item else [])
         if "content" in item:
-            return str(item["content"])
+            return [str(item["content"])]
         if "text" in item:
-            return str(item["text"])
+            return [str(item["text"])]
     if isinstance(item, (list, tuple)):
-        return "\n".join(item_text(x) for x in item)
-    return str(item)
+        return [s for x in item for s in item_segments(x)]
+    return [str(item)]
+
+
+def item_text(item) -> str:
+    """All segments of an eval item joined by newlines (for display and for probes)."""
+    return "\n".join(item_segments(item))
 
 
 class _Vocab:
@@ -81,71 +95,73 @@ def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     return h
 
 
-def leakage_report(train_docs: list[str], eval_sets: dict, n: int = 8, overlap: float = 0.5,
+def member(x: np.ndarray, sorted_pool: np.ndarray) -> np.ndarray:
+    """x[i] in sorted_pool, by binary search (np.isin would re-sort the big pool on every call)."""
+    if len(sorted_pool) == 0:
+        return np.zeros(len(x), dtype=bool)
+    pos = np.searchsorted(sorted_pool, x).clip(max=len(sorted_pool) - 1)
+    return sorted_pool[pos] == x
+
+
+def _grams(vocab, segments: list[str], n: int, min_words: int) -> list[tuple[int, np.ndarray]]:
+    """[(L, unique L-gram hashes)] per segment, L = min(n, words in the segment); [] when the whole item has
+    fewer than min_words words (too short to tell a leak from a common phrase)."""
+    segs = [words(s) for s in segments]
+    if sum(map(len, segs)) < min_words:
+        return []
+    return [(min(n, len(ws)), np.unique(ngram_hashes(vocab.encode(ws), min(n, len(ws))))) for ws in segs if ws]
+
+
+def leakage_report(train_docs: list[str], eval_sets: dict, n: int = 8, overlap: float = 0.6,
                    min_words: int = 4) -> dict:
     """Per eval set: how many items are contaminated by `train_docs`; per train doc: whether it leaks.
 
-    Items with fewer than `min_words` words are too short to tell a leak from a common phrase and are
-    skipped (counted in "skipped"). Returns
-    {"n", "overlap", "sets": {name: {"items", "checked", "contaminated", "rate", "examples"}},
-     "max_rate", "leaking_docs": [train doc indices that contain a contaminated item's n-grams]}.
+    An item's grams are the n-grams of each of its segments (a segment shorter than n words is one gram of
+    all its words); an item of fewer than `min_words` words in all is "skipped".
+    Returns {"n", "overlap", "sets": {name: {"items", "checked", "skipped", "contaminated", "rate", "examples"}},
+    "max_rate", "leaking_docs": [...]}. The leaking documents of a contaminated item are those that alone hold
+    >= `overlap` of its grams (the copy of the item); only when no single document does (an item spread over
+    several) every document holding one of its grams is listed. So a document that merely states a fact which
+    is also a leaked answer is kept.
     """
     vocab = _Vocab()
-    eval_grams, owners, per_set = [], [], {}
+    per_set = {}
     for name, items in eval_sets.items():
-        texts = [item_text(x) for x in items]
-        info = {"items": len(texts), "checked": 0, "contaminated": 0, "rate": 0.0, "examples": [], "_grams": []}
-        for t in texts:
-            ws = words(t)
-            if len(ws) < min_words:
-                info["_grams"].append(None)
+        per_set[name] = [(item_text(x), _grams(vocab, item_segments(x), n, min_words)) for x in items]
+    lengths = sorted({L for items in per_set.values() for _, gs in items for L, _ in gs})
+    train_ids = [vocab.encode(words(d)) for d in train_docs]
+    doc_grams = {L: [np.unique(ngram_hashes(ids, L)) for ids in train_ids] for L in lengths}  # sorted per doc
+    pool = {L: (np.unique(np.concatenate(doc_grams[L])) if train_ids else np.zeros(0, np.uint64)) for L in lengths}
+    sets, bad = {}, []
+    for name, items in per_set.items():
+        info = {"items": len(items), "checked": 0, "skipped": 0, "contaminated": 0, "rate": 0.0, "examples": []}
+        for text, gs in items:
+            if not gs:
+                info["skipped"] += 1
                 continue
-            g = np.unique(ngram_hashes(vocab.encode(ws), n))
-            info["_grams"].append(g)
             info["checked"] += 1
-            eval_grams.append(g)
-        per_set[name] = (texts, info)
-        owners.append(name)
-    train_grams = [ngram_hashes(vocab.encode(words(d)), n) for d in train_docs]
-    # Windows shorter than n in the eval side are matched against same-length windows of the train side.
-    short_lengths = sorted({min(len(words(t)), n) for texts, _ in per_set.values() for t in texts} - {n})
-    all_train = np.unique(np.concatenate(train_grams)) if train_grams else np.zeros(0, np.uint64)
-    extra = {L: np.unique(np.concatenate([ngram_hashes(vocab.encode(words(d)), L) for d in train_docs]))
-             for L in short_lengths if L >= min_words} if train_docs else {}
-    contaminated_grams = []
-    for name, (texts, info) in per_set.items():
-        for t, g in zip(texts, info.pop("_grams")):
-            if g is None:
-                continue
-            L = min(len(words(t)), n)
-            pool = all_train if L == n else extra.get(L, np.zeros(0, np.uint64))
-            hit = np.isin(g, pool)
-            if hit.mean() >= overlap:
+            if np.mean([member(g, pool[L]).mean() for L, g in gs]) >= overlap:   # fields weigh equally
                 info["contaminated"] += 1
-                contaminated_grams.append((L, g[hit]))
+                bad.append(gs)
                 if len(info["examples"]) < 3:
-                    info["examples"].append(t[:160])
-        info["skipped"] = info["items"] - info["checked"]
+                    info["examples"].append(text[:160])
         info["rate"] = info["contaminated"] / max(info["checked"], 1)
+        sets[name] = info
     leaking = set()
-    if contaminated_grams:
-        by_len: dict[int, np.ndarray] = {}
-        for L, g in contaminated_grams:
-            by_len[L] = np.concatenate([by_len.get(L, np.zeros(0, np.uint64)), g])
-        for i, d in enumerate(train_docs):
-            ids = vocab.encode(words(d))
-            for L, grams in by_len.items():
-                dh = train_grams[i] if L == n else ngram_hashes(ids, L)
-                if np.isin(dh, grams).any():
-                    leaking.add(i)
-                    break
-    sets = {name: info for name, (_, info) in per_set.items()}
+    for gs in bad:
+        frac = np.zeros(len(train_docs))                       # (D,) share of this item found in each document
+        for L, g in gs:
+            for i, dg in enumerate(doc_grams[L]):
+                frac[i] += member(g, dg).mean() / len(gs)
+        whole = np.nonzero(frac >= overlap)[0]
+        leaking.update((whole if len(whole) else np.nonzero(frac)[0]).tolist())
+    leaking = sorted(leaking)
     return {"n": n, "overlap": overlap, "min_words": min_words, "sets": sets,
-            "max_rate": max((s["rate"] for s in sets.values()), default=0.0), "leaking_docs": sorted(leaking)}
+            "max_rate": max((s["rate"] for s in sets.values()), default=0.0), "leaking_docs": leaking}
 
 
 def check_leakage(train_docs: list[str], eval_sets: dict, threshold: float = 0.01, allow: bool = False,
-                  n: int = 8, overlap: float = 0.5) -> dict:
+                  n: int = 8, overlap: float = 0.6) -> dict:
     """Refuse to train on data that contains too much of an evaluation set.
 
     Raises MiniLLMError when some eval set's contamination rate exceeds `threshold`, unless `allow`;

@@ -13,9 +13,13 @@ any of them, and m(A) = m(B) exactly when it lies in A ∩ B, so
 
 With P independent hash functions the signature is P minima, and the fraction of positions where
 two signatures agree is an unbiased estimate of J with standard deviation sqrt(J(1-J)/P).
-Our hash functions are the universal family h_i(x) = (a_i x + b_i) mod p with p = 2^61 - 1, a_i, b_i
-uniform in [0, p) and 32-bit shingle hashes x. The product needs 93 bits, so `_mulmod_p` splits it into
-pieces that fit a uint64 and folds them with 2^61 ≡ 1 (mod p) (the Mersenne-prime trick).
+Our P hash functions are the multiply-add-shift family (Dietzfelbinger 1996) on 32-bit shingle hashes x:
+
+    h_i(x) = ((a_i x + b_i) mod 2^64) >> 32        a_i, b_i random 64-bit, a_i odd
+
+which is (strongly) universal and costs three machine operations: uint64 arithmetic in numpy wraps
+mod 2^64 for free. (The textbook family (a x + b) mod p with a Mersenne prime p works too but needs
+93-bit products.)
 
 LSH banding (Indyk & Motwani 1998; Leskovec, Rajaraman & Ullman, "Mining of Massive Datasets",
 ch. 3). Cut the signature into b bands of r rows. Two documents become *candidates* when all r
@@ -38,7 +42,6 @@ from collections import defaultdict
 
 import numpy as np
 
-MERSENNE_P = np.uint64((1 << 61) - 1)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _BASE = np.uint64(0x100000001B3)  # FNV prime, an odd multiplier for the polynomial rolling hash
 
@@ -79,50 +82,50 @@ def shingle_hashes(text: str, k: int = 5, unit: str = "char") -> np.ndarray:
     return np.unique(_poly_windows(values, k))
 
 
-_P_INT = (1 << 61) - 1
-_M29 = np.uint64((1 << 29) - 1)
-
-
-def _fold(s: np.ndarray) -> np.ndarray:
-    """s mod p for s < 2^64, using 2^61 ≡ 1 (mod p): s = hi·2^61 + lo ≡ hi + lo (one conditional subtract)."""
-    s = (s >> np.uint64(61)) + (s & MERSENNE_P)
-    return np.where(s >= MERSENNE_P, s - MERSENNE_P, s)
-
-
-def _mulmod_p(a: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """(a · x) mod p exactly, for a < 2^61 and x < 2^32 (broadcasting), in uint64 arithmetic.
-
-    a = a_hi·2^32 + a_lo, so a·x = (a_hi·x)·2^32 + a_lo·x; with t = a_hi·x = t1·2^29 + t0 (t < 2^61),
-    t·2^32 = t1·2^61 + t0·2^32 ≡ t1 + t0·2^32 (mod p). Every piece stays below 2^64.
-    """
-    a_hi, a_lo = a >> np.uint64(32), a & _MASK32
-    t = a_hi * x                                                # < 2^61
-    hi = (t >> np.uint64(29)) + ((t & _M29) << np.uint64(32))   # ≡ t·2^32, < 2^62
-    return _fold(_fold(a_lo * x) + hi)                          # a_lo·x < 2^64
+_SHIFT = np.uint64(32)
 
 
 class MinHasher:
-    """P universal hash functions h_i(x) = (a_i x + b_i) mod (2^61 - 1); a_i, b_i in [0, p) drawn from `seed`."""
+    """P hash functions h_i(x) = ((a_i x + b_i) mod 2^64) >> 32, a_i odd; (a, b) drawn from `seed`."""
 
     def __init__(self, num_perm: int = 128, seed: int = 0, k: int = 5, unit: str = "char"):
         rng = np.random.default_rng(seed)
         self.num_perm, self.k, self.unit = num_perm, k, unit
-        self.a = rng.integers(1, _P_INT, size=num_perm, dtype=np.uint64)  # (P,)
-        self.b = rng.integers(0, _P_INT, size=num_perm, dtype=np.uint64)  # (P,)
+        self.a = rng.integers(0, 2**64 - 1, size=num_perm, dtype=np.uint64, endpoint=True) | np.uint64(1)  # (P,)
+        self.b = rng.integers(0, 2**64 - 1, size=num_perm, dtype=np.uint64, endpoint=True)                 # (P,)
 
     def signature_of_hashes(self, hashes: np.ndarray) -> np.ndarray:
         """(P,) minima of every hash function over a set of 32-bit shingle hashes."""
-        if len(hashes) == 0:
-            return np.full(self.num_perm, MERSENNE_P, dtype=np.uint64)
-        x = hashes.astype(np.uint64)[None, :]                         # (1, S)
-        hv = _fold(_mulmod_p(self.a[:, None], x) + self.b[:, None])  # (P, S)  (a x + b) mod p
-        return hv.min(axis=1)                                         # (P,)
+        return self.batch_signatures([hashes])[0]
+
+    def batch_signatures(self, sets: list, chunk: int = 1 << 15) -> np.ndarray:
+        """(N, P) signatures of N shingle sets, computed on ~chunk shingles at a time (one numpy call per
+        chunk instead of per document). An empty set gets the all-max signature."""
+        out = np.full((len(sets), self.num_perm), np.iinfo(np.uint64).max >> 32, dtype=np.uint64)
+        start = 0
+        while start < len(sets):
+            stop, total = start, 0
+            while stop < len(sets) and (total == 0 or total + len(sets[stop]) <= chunk):
+                total += len(sets[stop])
+                stop += 1
+            block = [s for s in sets[start:stop]]
+            lens = np.array([len(s) for s in block])
+            nonempty = np.nonzero(lens)[0]
+            if len(nonempty):
+                x = np.concatenate([block[i] for i in nonempty]).astype(np.uint64)   # (S,)
+                with np.errstate(over="ignore"):
+                    hv = (self.a[:, None] * x[None, :] + self.b[:, None]) >> _SHIFT  # (P, S)
+                offsets = np.concatenate([[0], np.cumsum(lens[nonempty])[:-1]])
+                out[start + nonempty] = np.minimum.reduceat(hv, offsets, axis=1).T  # (n, P)
+            start = stop
+        return out
 
     def signature(self, text: str) -> np.ndarray:
         return self.signature_of_hashes(shingle_hashes(text, self.k, self.unit))
 
     def signatures(self, texts) -> np.ndarray:
-        return np.stack([self.signature(t) for t in texts]) if texts else np.zeros((0, self.num_perm), np.uint64)
+        """(N, P) signatures of N texts."""
+        return self.batch_signatures([shingle_hashes(t, self.k, self.unit) for t in texts])
 
 
 def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
@@ -185,7 +188,7 @@ def near_duplicates(texts: list[str], threshold: float = 0.8, num_perm: int = 12
     """
     hasher = MinHasher(num_perm=num_perm, seed=seed, k=k, unit=unit)
     shingles = [shingle_hashes(t, k, unit) for t in texts]
-    sigs = np.stack([hasher.signature_of_hashes(s) for s in shingles]) if texts else np.zeros((0, num_perm))
+    sigs = hasher.batch_signatures(shingles)  # (N, P)
     bands, rows = lsh_params(num_perm, threshold)
     found = []
     for i, j in sorted(lsh_candidates(sigs, bands, rows)):
