@@ -305,7 +305,7 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     evaluation["kl_to_reference"] = kl_to_reference(policy, ref, tok, heldout_prompts)
     evaluation.update(lm_metrics(policy, tok, world))
     evaluation.update(hacking)
-    end_row = {"step": cfg.ppo.iterations, "heldout_oracle": evaluation["oracle_score"]}
+    end_row = {"step": cfg.ppo.iterations, "heldout_oracle": heldout_oracle()}   # the same prompts as step 0
     logger.log(**end_row)
     plot_ppo(out, rows + [end_row])
     write_manifest(out, status="done")
