@@ -64,8 +64,8 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "o200k": O200K_PATTERN}
 def count_chunks(texts, pattern):
     """Pre-split every text and count the unique chunks.
 
-    >>> count_chunks(["the cat, the hat"], GPT4_PATTERN)
-    Counter({' the': 1, 'the': 1, ' cat': 1, ',': 1, ' hat': 1})
+    >>> count_chunks(["the cat, the hat", "the end"], GPT4_PATTERN)
+    Counter({'the': 2, ' cat': 1, ',': 1, ' the': 1, ' hat': 1, ' end': 1})
     """
     compiled = regex.compile(pattern)
     counts = Counter()

@@ -51,6 +51,18 @@ def split_overrides(overrides):
 
 # ---------------------------------------------------------------------------------------------- the stages
 
+def run_hygiene(out_dir, preset, overrides):
+    """Data hygiene first: DIR/hygiene/{general,domain}.jsonl + hygiene.json; every stage then reads the same
+    cleaned world (minillm.data.hygiene.cleaned_world)."""
+    if os.path.isfile(os.path.join(out_dir, "hygiene", "hygiene.json")):
+        return
+    from minillm.commands.data import run_clean
+    from minillm.config import load_config
+    print(f"[hygiene] dedup, PII redaction, leakage removal -> {os.path.join(out_dir, 'hygiene')}", flush=True)
+    run_clean("world", os.path.join(out_dir, "hygiene"),
+              world_seed=load_config(preset, overrides=overrides).data.world_seed)
+
+
 def run_tokenizer(out, preset, overrides):
     """A BPE tokenizer trained on all the world's text (general, domain and chat), so every stage shares it."""
     from minillm.config import load_config
@@ -58,7 +70,9 @@ def run_tokenizer(out, preset, overrides):
     from minillm.tokenizer import BPETokenizer
     cfg = load_config(preset, overrides=overrides)
     w = World(seed=cfg.data.world_seed)
-    texts = w.general_corpus("train") + w.domain_corpus("train") + [
+    from minillm.data.hygiene import cleaned_world
+    clean = cleaned_world(w)[0]  # no planted PII in the vocabulary
+    texts = clean["general"] + clean["domain"] + [
         m["content"] for ex in w.instructions("train") for m in ex["messages"]]
     t0 = time.time()
     tok = BPETokenizer.train(texts, vocab_size=cfg.data.vocab_size)
@@ -237,6 +251,8 @@ def write_report(out_dir, summary, times, preset):
             if samples:
                 lines += [f"### {name}: sample answers", ""] + [f"- {s['prompt']!r} -> {s['answer']!r}" for s in samples]
                 lines.append("")
+    from minillm.evals.report import pipeline_sections
+    lines += ["", pipeline_sections(out_dir, max_items=24, n_robust=16)]  # hygiene, safety, robustness, cost, lineage
     atomic_write_bytes(os.path.join(out_dir, "report.md"), "\n".join(lines).encode())
 
 
@@ -248,6 +264,7 @@ def run_pipeline(out_dir, preset="tiny", overrides=(), until=None):
         raise MiniLLMError(f"--until {until!r} is not a stage; stages are {', '.join(STAGES)}")
     per_stage = split_overrides(overrides)
     os.makedirs(out_dir, exist_ok=True)
+    run_hygiene(out_dir, preset, per_stage.get("*", []))
     results, times, t_all = {}, {}, time.time()
     for name in STAGES:
         t0 = time.time()

@@ -331,3 +331,13 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, tok, argv, message):
     assert main(["tokenizer"] + argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    import minillm.bpe
+    import minillm.bpe_io
+    for module in (minillm.bpe, minillm.bpe_io):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0

@@ -1,9 +1,9 @@
 """Building the C++ and CUDA kernels: just-in-time on first use (cached), or ahead of time from setup.py.
 
 JIT: `torch.utils.cpp_extension.load` compiles csrc/*.cpp with -O3 and OpenMP into a shared library the
-first time a `cpp` kernel is used (~30-60 s), caches it under $MINILLM_EXT_DIR (default
-~/.cache/minillm/ext/<torch version>), and reuses it while the sources are unchanged. The library registers
-its ops with torch (`torch.ops.minillm.*`), so loading it is all that is needed. We never pass
+first time a `cpp` kernel is used (~15-60 s), caches it under $MINILLM_EXT_DIR (default
+~/.cache/minillm/ext/<torch version>-<hash of the csrc path>), and reuses it while the sources are unchanged.
+The library registers its ops with torch (`torch.ops.minillm.*`), so loading it is all that is needed. We never pass
 -march=native: speed on any x86 CPU comes from the kernels' own AVX-512/AVX2 clones (csrc/simd.h).
 
 CUDA: csrc/*.cu are plain CUDA (no torch headers) behind a launcher API; csrc/cuda_binding.cpp wraps them
@@ -33,8 +33,12 @@ _state = {}  # name -> (ok: bool, reason: str)
 
 
 def build_dir():
+    """One cache folder per torch version and per checkout (two checkouts sharing one folder would keep
+    overwriting each other's build.ninja and rebuild every time)."""
+    import hashlib
+    tag = hashlib.sha1(CSRC.encode()).hexdigest()[:8]
     d = os.environ.get("MINILLM_EXT_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "minillm", "ext", torch.__version__.replace("+", "_"))
+        os.path.expanduser("~"), ".cache", "minillm", "ext", torch.__version__.replace("+", "_") + "-" + tag)
     os.makedirs(d, exist_ok=True)
     return d
 

@@ -52,6 +52,14 @@ def _register_fakes():
     def _(q, k, v, causal, key_padding_mask):
         return torch.empty_like(q), q.new_empty(q.shape[:-1])
 
+    @torch.library.register_fake(lib + "softmax_fwd_out")
+    def _(x, scale, causal, out):
+        return None
+
+    @torch.library.register_fake(lib + "adamw_")
+    def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay):
+        return None
+
     @torch.library.register_fake(lib + "attn_bwd")
     def _(q, k, v, o, dout, lse, causal, key_padding_mask):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

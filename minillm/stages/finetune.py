@@ -96,7 +96,8 @@ class FinetuneStage:
 def domain_texts(path, world):
     """-> (train docs, val docs) from the user's text (10% of documents held out) or the world's domain corpus."""
     if not path:
-        return world.domain_corpus("train"), world.domain_corpus("val")
+        from minillm.data.hygiene import cleaned_world
+        return cleaned_world(world)[0]["domain"], world.domain_corpus("val")
     from minillm.data.readers import read_documents
     docs = read_documents(path)
     if not docs:
@@ -115,7 +116,8 @@ def run_finetune(parent, out, preset="tiny", data="", config_file=None, override
                                list(overrides) + ([f"finetune.data={data}"] if data else []))
     world = World(seed=cfg.data.world_seed)
     train_docs, val_docs = domain_texts(cfg.finetune.data, world)
-    replay = tokenize_documents(tok, world.general_corpus("train")) if cfg.finetune.replay > 0 else None
+    from minillm.data.hygiene import cleaned_world
+    replay = tokenize_documents(tok, cleaned_world(world)[0]["general"]) if cfg.finetune.replay > 0 else None
     stage = FinetuneStage(tokenize_documents(tok, train_docs), tokenize_documents(tok, val_docs),
                           model.cfg.block_size, seed=cfg.train.seed, replay_ids=replay, replay=cfg.finetune.replay)
     before = lm_metrics(model, tok, world, cfg.finetune.eval_tokens)
