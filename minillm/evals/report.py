@@ -171,8 +171,13 @@ def pipeline_sections(out_dir: str, chat_stages=("dpo", "ppo", "sft"), world_see
     hygiene = _read(os.path.join(out_dir, "hygiene", "hygiene.json"))
     final = next((os.path.join(out_dir, s) for s in chat_stages
                   if os.path.isfile(os.path.join(out_dir, s, "model.safetensors"))), None)
-    if final is None:
-        return render_hygiene(hygiene) if hygiene else ""
+    if final is None:  # stopped before a chat model (--until): hygiene, then cost and lineage of the last LM
+        last = next((os.path.join(out_dir, s) for s in ("finetune", "pretrain")
+                     if os.path.isfile(os.path.join(out_dir, s, "model.safetensors"))), None)
+        parts = [render_hygiene(hygiene) if hygiene else ""]
+        if last is not None:
+            parts += [render_cost(last), render_lineage(last)]
+        return "\n".join(parts)
     if not os.path.isfile(os.path.join(final, "safety.json")):
         from minillm.evals.safety import run_safety
         run_safety(final, world_seed, max_items=max_items)
