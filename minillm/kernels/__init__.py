@@ -19,16 +19,24 @@ from minillm.kernels import reference
 
 BACKENDS = ("auto", "reference", "torch", "cpp", "cuda")
 _warned = set()
+_available = {"reference": (True, "always available (plain PyTorch)"),
+              "torch": (True, "always available (plain PyTorch)")}
 
 
 def available(backend):
     """(ok, reason) for one backend on this machine; builds the extension the first time it is asked."""
-    if backend in ("reference", "torch"):
-        return True, "always available (plain PyTorch)"
+    if backend in _available:  # a plain dict lookup: torch.compile traces straight through it
+        return _available[backend]
     if backend not in ("cpp", "cuda"):
         raise MiniLLMError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    _available[backend] = _probe(backend)
+    return _available[backend]
+
+
+def _probe(backend):
+    import torch
     from minillm.kernels import cpp
-    return cpp.ensure("cuda" if backend == "cuda" else "cpu")
+    return torch.compiler.disable(cpp.ensure)("cuda" if backend == "cuda" else "cpu")
 
 
 def _fallback_note(backend, why, to):
