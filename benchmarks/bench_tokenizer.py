@@ -11,6 +11,7 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--naive-merges", type=int, default=10, help="merges timed for the naive trainer (0: skip)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "tokenizer_cpu.md"))
+    ap.add_argument("--note", default="", help="a line of context for the results file (e.g. machine sharing)")
     args = ap.parse_args()
 
     text = read_text(args.input)
@@ -60,10 +62,14 @@ def main():
 
     train_s, tok = best_of(args.repeat, lambda: BPETokenizer.train([text], args.vocab_size, pattern=args.pattern))
     fast_s, ids = best_of(args.repeat, lambda: tok.encode_ordinary(text))
+    docs = [text[i:i + 10_000] for i in range(0, len(text), 10_000)]
+    batch_s, _ = best_of(args.repeat, lambda: tok.encode_batch(docs))
     py_s, py_ids = best_of(1, lambda: tok.encode_python(text))
     assert py_ids == ids and tok.decode(ids) == text, "the two encoders disagree: a bug"
     rows = [("train vocab %d (%d merges)" % (tok.vocab_size, len(tok.merges)), f"{train_s:.2f} s", "< 15 s"),
             ("encode, tiktoken path", f"{n_bytes / fast_s / 1e6:.1f} MB/s", "> 5 MB/s"),
+            (f"encode_batch, tiktoken path ({len(docs)} docs of 10 kB, threads)",
+             f"{n_bytes / batch_s / 1e6:.1f} MB/s", ""),
             ("encode, pure-Python path", f"{n_bytes / py_s / 1e6:.2f} MB/s", "(readable reference)"),
             ("bytes per token", f"{n_bytes / len(ids):.3f}", ""),
             ("tokens", f"{len(ids):,}", "")]
@@ -83,7 +89,7 @@ def main():
     sweep.insert(0, (f"char ({char.vocab_size})", n_bytes / len(char.encode_ordinary(text))))
     _, _, load_after = machine()
 
-    cmd = "PYTHONPATH=$PWD python benchmarks/bench_tokenizer.py " + " ".join(sys.argv[1:])
+    cmd = "PYTHONPATH=$PWD python benchmarks/bench_tokenizer.py " + shlex.join(sys.argv[1:])
     lines = [
         "# Tokenizer benchmark (CPU)", "",
         f"- command: `{cmd.strip()}`",
@@ -91,7 +97,9 @@ def main():
         f"- machine: {model}, {ncpu} CPUs (nproc), Python {platform.python_version()}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- load before: `{load_before}`", f"- load after: `{load_after}`",
-        f"- times: best of {args.repeat} runs (pure-Python encode and naive trainer: 1 run)", "",
+        f"- times: best of {args.repeat} runs (pure-Python encode and naive trainer: 1 run)"]
+    lines += [f"- note: {args.note}"] if args.note else []
+    lines += ["",
         "| measure | result | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += ["", "Compression vs vocabulary size (same text; bytes per token, higher is better):", "",

@@ -7,7 +7,8 @@ corpus, merge t is the greedy step
 
     (a*, b*) = argmax_{(a, b)} N_t(a, b),        tokens_{t+1} = tokens_t with every "a* b*" -> new id,
 
-which shrinks the corpus by exactly N_t(a*, b*) tokens: the largest one-step gain in compression.
+which shrinks the corpus by N_t(a*, b*) tokens (exactly, when a* != b*; a run like "aaa" holds two
+overlapping (a, a) but only one merge): the largest one-step gain in compression.
 
 Two ideas make training fast (Tiny Shakespeare, vocab 4096, in seconds instead of minutes):
 
@@ -31,7 +32,10 @@ every chunk this has not occurred on any corpus we tried (the tests check it aga
 Encoding (`bpe_encode_chunk`) is the rank rule tiktoken uses: start from single bytes and repeatedly
 merge the adjacent pair whose concatenated bytes is the token with the lowest rank (leftmost on a
 tie) until no adjacent pair is a token; a chunk that is itself a token is returned at once. For
-ranks learned here, rank == id.
+ranks learned here, rank == id. The pre-split runs on Python's `regex` module here and on Rust's regex inside
+tiktoken; both read the same pattern, but each ships its own Unicode tables, so a character assigned only in
+the newest Unicode version (say a letter new in Unicode 17 that tiktoken's tables do not know yet) can be split
+differently. For every older character the two encoders give the same ids (a property test checks it).
 
 References: Sennrich et al. 2016 (BPE for NMT); Radford et al. 2019 (GPT-2, byte-level BPE and its
 pre-split regex); OpenAI tiktoken (`_byte_pair_merge`); Karpathy's minbpe (the readable trainer).
@@ -60,8 +64,8 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "o200k": O200K_PATTERN}
 def count_chunks(texts, pattern):
     """Pre-split every text and count the unique chunks.
 
-    >>> count_chunks(["the cat, the hat"], GPT4_PATTERN)
-    Counter({' the': 1, 'the': 1, ' cat': 1, ',': 1, ' hat': 1})
+    >>> count_chunks(["the cat, the hat", "the end"], GPT4_PATTERN)
+    Counter({'the': 2, ' cat': 1, ',': 1, ' the': 1, ' hat': 1, ' end': 1})
     """
     compiled = regex.compile(pattern)
     counts = Counter()

@@ -118,6 +118,15 @@ def save_model(run_dir, model, step=None):
     if step is not None:
         meta["step"] = step
     save_tensors(os.path.join(run_dir, MODEL_FILE), unique_state_dict(model), meta)
+    record_file_hashes(run_dir)
+
+
+def record_file_hashes(run_dir):
+    """manifest["files"] = sha256 of the weights and tokenizer now in run_dir (checked by load_model)."""
+    from minillm.registry import file_hashes
+    path = os.path.join(run_dir, "manifest.json")
+    old = (read_json(path, "manifest").get("files") or {}) if os.path.exists(path) else {}
+    write_manifest(run_dir, files={**old, **file_hashes(run_dir, (MODEL_FILE, "tokenizer.json"))})
 
 
 def load_weights(model, path):
@@ -174,13 +183,20 @@ def device_info(device=None):
     return info
 
 
+def _invocation():
+    """The `minillm ...` command line (argv + working directory) of this process, for `minillm reproduce`."""
+    import sys
+    cli = sys.modules.get("minillm.cli")
+    return getattr(cli, "INVOCATION", None)
+
+
 def write_manifest(run_dir, **fields):
     """Create or update run_dir/manifest.json with fields (merged over what is there)."""
     path = os.path.join(run_dir, "manifest.json")
     manifest = read_json(path, "manifest") if os.path.exists(path) else {
         "stage": None, "parent": None, "config": None, "seed": None, "data_sha256": None,
         "tokenizer_sha256": None, "code_version": code_version(), "packages": package_versions(),
-        "device": None, "metrics": {},
+        "device": None, "metrics": {}, "command": _invocation(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     manifest.update(fields)
     atomic_write_json(path, manifest)
@@ -198,6 +214,8 @@ def load_model(run_dir, device="cpu", cls=None):
     if not os.path.isdir(run_dir):
         raise MiniLLMError(f"run directory {run_dir} does not exist")
     manifest = read_manifest(run_dir)
+    from minillm.registry import verify_files
+    verify_files(run_dir, manifest)  # sha256 of weights, tokenizer, config vs the manifest: refuse tampered files
     config = read_json(os.path.join(run_dir, "config.json"), "config")
     try:
         mcfg = ModelConfig(**config["model"])

@@ -6,6 +6,7 @@ A user mistake raises `MiniLLMError`; here it becomes one line on stderr and exi
 """
 import argparse
 import importlib
+import os
 import sys
 
 from minillm.errors import MiniLLMError
@@ -31,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INVOCATION = None  # {"argv", "cwd"} of the running command; manifests record it (minillm reproduce replays it)
+
+
 def main(argv=None) -> int:
+    global INVOCATION
+    INVOCATION = {"argv": list(sys.argv[1:] if argv is None else argv), "cwd": os.getcwd()}
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one usage line on bad flags
     if not getattr(args, "func", None):

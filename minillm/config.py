@@ -60,6 +60,8 @@ class DataConfig:
     val_fraction: float = 0.1     # held-out documents for user data (the world has its own val split)
     world_seed: int = 0
     mlm_prob: float = 0.15        # masked LM: fraction of tokens selected for prediction
+    allow_leakage: bool = False   # train even when the data contains too much of an eval set (recorded)
+    leakage_threshold: float = 0.01  # largest share of any eval set allowed inside the training data
 
 
 @dataclass

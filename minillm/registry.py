@@ -92,7 +92,8 @@ def verify_files(run_dir: str, manifest: dict | None = None) -> list[str]:
         got = sha256_file(path)
         if got != expected:
             raise MiniLLMError(f"{path} fails its sha256 check (manifest {expected[:12]}…, file {got[:12]}…): "
-                               f"it changed after the run wrote it; restore the original or re-run the stage")
+                               f"it is corrupt or was changed after the run wrote it; restore the original or "
+                               f"re-run the stage")
     return sorted(recorded)
 
 
@@ -356,6 +357,12 @@ def reproduce(run_dir: str, out_dir: str, tolerance: float = 1e-6) -> dict:
         raise MiniLLMError(f"{out_dir} exists and is not empty; choose another --out")
     out_dir = os.path.abspath(out_dir)
     argv = _with_out(list(inv["argv"]), out_dir)
+    new_run = out_dir
+    if argv and argv[0] == "pipeline":  # a stage made by `minillm pipeline`: re-run the pipeline up to it
+        stage = os.path.basename(os.path.normpath(run_dir))
+        argv = [a for i, a in enumerate(argv) if a != "--until" and (i == 0 or argv[i - 1] != "--until")]
+        argv += ["--until", stage]
+        new_run = os.path.join(out_dir, stage)
     from minillm.cli import main
     cwd = os.getcwd()
     try:
@@ -366,7 +373,7 @@ def reproduce(run_dir: str, out_dir: str, tolerance: float = 1e-6) -> dict:
         os.chdir(cwd)
     if rc:
         raise MiniLLMError(f"re-running `minillm {' '.join(argv)}` failed with exit code {rc}")
-    new = read_manifest(out_dir)
+    new = read_manifest(new_run)
     a, b = flatten(manifest.get("metrics") or {}), flatten(new.get("metrics") or {})
     rows, ok = [], True
     for k in sorted(set(a) | set(b)):
@@ -378,7 +385,8 @@ def reproduce(run_dir: str, out_dir: str, tolerance: float = 1e-6) -> dict:
     hashes = {}
     for key in ("data_sha256", "tokenizer_sha256"):
         hashes[key] = manifest.get(key) == new.get(key)
-    w0, w1 = (os.path.join(d, "model.safetensors") for d in (run_dir, out_dir))
+    w0, w1 = (os.path.join(d, "model.safetensors") for d in (run_dir, new_run))
     same_weights = os.path.isfile(w0) and os.path.isfile(w1) and sha256_file(w0) == sha256_file(w1)
-    return {"match": bool(ok and all(hashes.values())), "command": argv, "metrics": rows, "hashes": hashes,
+    return {"match": bool(ok and all(hashes.values())), "command": argv, "run": new_run, "metrics": rows,
+            "hashes": hashes,
             "bitwise_identical_weights": same_weights}

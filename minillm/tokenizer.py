@@ -27,6 +27,7 @@ characters). `load_tokenizer(path)` reads that, a GPT-2 folder (encoder.json + v
 .tiktoken file (minillm/bpe_io.py). Input files with invalid UTF-8: `read_text` replaces each bad
 byte with U+FFFD and prints one warning line to stderr (it never fails on them).
 """
+import base64
 import json
 import os
 import sys
@@ -189,23 +190,30 @@ class BPETokenizer(Tokenizer):
         self.merges = [tuple(m) for m in merges] if merges is not None else None
         self.special_ids = dict(special_tokens)
         self.name = name
-        self._compiled = regex.compile(self.pattern)
+        try:
+            self._compiled = regex.compile(self.pattern)
+        except (regex.error, TypeError) as e:
+            raise MiniLLMError(f"pattern {pattern!r} is neither one of {sorted(PATTERNS)} nor a valid regex: {e}")
         missing = [b for b in range(256) if bytes([b]) not in self.ranks]
         if missing:
             raise MiniLLMError(f"a byte-level BPE vocabulary needs all 256 single bytes; byte {missing[0]} is missing")
+        ids = list(self.ranks.values()) + list(self.special_ids.values())
+        if len(set(ids)) != len(ids) or min(ids) < 0:
+            raise MiniLLMError("two tokens (or a token and a special) share an id, or an id is negative")
         size = max(list(self.ranks.values()) + list(self.special_ids.values())) + 1
         table = [None] * size
         for t, i in self.ranks.items():
             table[i] = t
         for s, i in self.special_ids.items():
-            if table[i] is not None:
-                raise MiniLLMError(f"special token {s!r} has id {i}, which is already a token")
             table[i] = s.encode("utf-8")
         self._id_bytes = table
         specials = set(self.special_ids.values())
         self.token_bytes = [0 if (t is None or i in specials) else len(t) for i, t in enumerate(table)]
-        self._enc = tiktoken.Encoding(name, pat_str=self.pattern, mergeable_ranks=self.ranks,
-                                      special_tokens=self.special_ids)
+        try:
+            self._enc = tiktoken.Encoding(name, pat_str=self.pattern, mergeable_ranks=self.ranks,
+                                          special_tokens=self.special_ids)
+        except ValueError as e:     # Python's regex accepts syntax that tiktoken's Rust regex does not
+            raise MiniLLMError(f"tiktoken cannot use the pattern {self.pattern!r}: {e}")
 
     def __repr__(self):
         pattern = next((k for k, v in PATTERNS.items() if v == self.pattern), "custom")
@@ -222,10 +230,7 @@ class BPETokenizer(Tokenizer):
             raise MiniLLMError(f"vocab size {vocab_size} is too small: it needs at least 256 bytes + "
                                f"{len(special_tokens)} special tokens = {256 + len(special_tokens)}")
         pat = PATTERNS.get(pattern, pattern)
-        try:
-            regex.compile(pat)
-        except regex.error as e:
-            raise MiniLLMError(f"pattern {pattern!r} is neither one of {sorted(PATTERNS)} nor a valid regex: {e}")
+        cls({bytes([b]): b for b in range(256)}, pat, {})      # fail now on a pattern either engine rejects
         chunks = count_chunks(texts, pat)
         if not chunks:
             raise MiniLLMError("no training text: the input is empty")
@@ -274,7 +279,6 @@ class BPETokenizer(Tokenizer):
         if self.merges is not None:
             d["merges"] = [list(m) for m in self.merges]
         else:   # loaded from GPT-2 / .tiktoken files: keep the ranks themselves (base64 bytes, rank)
-            import base64
             d["ranks"] = [[base64.b64encode(t).decode("ascii"), i]
                           for t, i in sorted(self.ranks.items(), key=lambda x: x[1])]
         return d
@@ -309,6 +313,7 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts, special_tokens=SPECIAL_TOKENS, **unused):
+        """The sorted set of characters in texts. BPE-only arguments (vocab_size, pattern, ...) are ignored."""
         chars = set()
         for t in _as_texts(texts):
             chars.update(t)
@@ -358,7 +363,6 @@ def tokenizer_from_dict(d):
             return tok
         if "merges" in d:
             return BPETokenizer.from_merges(d["merges"], d["pattern"], specials, name=d.get("name", "minillm-bpe"))
-        import base64
         ranks = {base64.b64decode(t): int(i) for t, i in d["ranks"]}
         return BPETokenizer(ranks, d["pattern"], specials, name=d.get("name", "minillm-bpe"))
     except (KeyError, TypeError, ValueError) as e:

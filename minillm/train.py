@@ -41,6 +41,19 @@ RESUME_MAY_CHANGE = {"train.max_steps", "train.progress", "train.device", "train
                      "train.log_every", "train.threads"}
 
 
+def peak_memory_bytes(device):
+    """Peak memory of this process: CUDA's allocator peak on a GPU, else the resident set size (Linux/macOS)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+        import sys
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
 # ---- device, precision, processes ---------------------------------------------------------------------------
 def resolve_device(name="auto"):
     if name == "auto":
@@ -394,6 +407,8 @@ def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after, fin
 
     final = {k: v for k, v in last.items() if k != "lr"}
     final["train_time_s"] = round(time.time() - t0, 2)
+    final["tokens"] = tokens_seen                    # this process's session (for cost: FLOPs ≈ 6·N·tokens)
+    final["peak_memory_bytes"] = peak_memory_bytes(device)
     if step >= cfg.max_steps:
         if "val_loss" not in final:
             final["val_loss"] = estimate_val_loss(model, stage, cfg, device)

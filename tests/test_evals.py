@@ -1,4 +1,5 @@
 """Evaluation suites on stub responders: safety rates, PII extraction, robustness drops, cost, regression compare."""
+import os
 import json
 import random
 
@@ -144,3 +145,19 @@ def test_cost_is_six_n_d_summed_over_the_lineage(tmp_path):
     assert c["stages"][1]["flops"] == 7_000_000 * 2000 and c["stages"][1]["tokens_per_s"] == 400
     assert c["total"]["flops"] == 6e10 + 1.4e10 and c["total"]["wall_time_s"] == 15.0
     assert "≈6ND" in cost.render_cost_table(c)
+
+
+def test_pipeline_report_sections_without_a_chat_model(tmp_path):
+    from minillm.data.hygiene import clean
+    from minillm.evals.report import pipeline_sections
+    docs = ["the cat sat on the mat today", "the cat sat on the mat today", "mail me at ann@example.com please"]
+    _, rep = clean(docs)
+    (tmp_path / "hygiene").mkdir()
+    (tmp_path / "hygiene" / "hygiene.json").write_text(json.dumps(rep))
+    tok = _run(tmp_path, "tokenizer", {"train_time_s": 0.5}, extra={"stage": "tokenizer"})
+    pre = _run(tmp_path, "pretrain", {"train_time_s": 2.0, "tokens": 1000, "params": 100}, parent=tok)
+    open(os.path.join(pre, "model.safetensors"), "wb").close()
+    md = pipeline_sections(str(tmp_path))
+    assert "| exact_duplicate | 1 |" in md and "| email | 1 |" in md
+    assert "| **total** | | 2.5 | 1,000 | | 6.000e+05 |" in md
+    assert "tokenizer: tokenizer → pretrain: pretrain" in md and "```mermaid" in md

@@ -180,6 +180,7 @@ def test_clean_finds_every_planted_item_in_a_synthetic_corpus():
     assert rep["pii"] == {"email": 1, "iban": 1, "credit_card": 1, "ip_address": 1, "phone": 1}
     assert len(kept) == len(docs) - 15
     assert not any(v in " ".join(kept) for _, v in values)
+    assert not any(v in json.dumps(rep) for _, v in values)   # the report itself does not leak what it removed
 
 
 def test_world_planted_items_are_all_found():

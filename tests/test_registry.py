@@ -143,3 +143,17 @@ def test_cli_release_refusal_is_one_line_exit_2_and_eval_compare_flags(tmp_path,
     assert main(["eval", "compare", run, other]) == 1
     assert "val_loss" in capsys.readouterr().out
     assert main(["eval", "compare", run, run]) == 0
+
+
+def test_reproduce_rewrites_the_recorded_command():
+    from minillm.registry import _with_out
+    assert _with_out(["pretrain", "--out", "a", "--resume", "--seed", "1"], "/x") == ["pretrain", "--seed", "1",
+                                                                                      "--out", "/x"]
+    assert _with_out(["sft", "--out=a", "--parent", "p"], "/x") == ["sft", "--parent", "p", "--out", "/x"]
+
+
+def test_reproduce_without_a_recorded_command_is_a_clear_error(tmp_path):
+    from minillm.registry import reproduce
+    run = make_run(tmp_path, "old")
+    with pytest.raises(MiniLLMError, match="records no command"):
+        reproduce(run, str(tmp_path / "again"))

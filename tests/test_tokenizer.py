@@ -1,4 +1,5 @@
 """The BPE trainer, both encoders, specials, the chat template, save/load, the char tokenizer, bad input, CLI."""
+import base64
 import json
 import os
 import random
@@ -90,6 +91,11 @@ def test_training_is_deterministic(shakespeare):
     a = BPETokenizer.train([shakespeare[:50_000]], 600)
     b = BPETokenizer.train([shakespeare[:50_000]], 600)
     assert a.merges == b.merges
+
+
+def test_a_smaller_vocabulary_is_the_first_merges_of_a_larger_one(tok, shakespeare):
+    small = BPETokenizer.train([shakespeare[:200_000]], vocab_size=600)     # `tok`: same text, vocab 1024
+    assert small.merges == tok.merges[:600 - 256 - len(SPECIAL_TOKENS)]
 
 
 def test_tiny_corpus_stops_when_no_pair_is_left():
@@ -252,6 +258,8 @@ def test_vocab_size_below_bytes_plus_specials_is_an_error():
 def test_bad_pattern_is_an_error():
     with pytest.raises(MiniLLMError, match="valid regex"):
         BPETokenizer.train(["x"], 300, pattern="(unclosed")
+    with pytest.raises(MiniLLMError, match="tiktoken cannot use"):    # \m: Python's regex only, not Rust's
+        BPETokenizer.train(["x"], 300, pattern=r"\m\w+|.")
 
 
 def test_missing_and_corrupt_tokenizer_files_are_errors(tmp_path):
@@ -265,6 +273,11 @@ def test_missing_and_corrupt_tokenizer_files_are_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "bpe", "pattern": "gpt4", "special_tokens": {},
                                                          "merges": [[1, 999]]}))
     with pytest.raises(MiniLLMError, match="merge 0"):
+        load_tokenizer(tmp_path)
+    ranks = [[base64.b64encode(bytes([b])).decode(), b] for b in range(256)] + [["YWI=", 255]]   # "ab" -> 255 too
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "bpe", "pattern": "gpt4", "special_tokens": {},
+                                                         "ranks": ranks}))
+    with pytest.raises(MiniLLMError, match="share an id"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text(json.dumps({"type": "bpe"}))
     with pytest.raises(MiniLLMError, match="incomplete or corrupt"):
@@ -318,3 +331,13 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, tok, argv, message):
     assert main(["tokenizer"] + argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    import minillm.bpe
+    import minillm.bpe_io
+    for module in (minillm.bpe, minillm.bpe_io):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0

@@ -134,3 +134,15 @@ def test_bad_tiktoken_files_are_refused(tmp_path):
     bad.write_bytes(b"")
     with pytest.raises(MiniLLMError, match="no tokens"):
         load_tokenizer(bad)
+
+
+def test_cli_encodes_with_gpt2_folder_and_tiktoken_file(gpt2_dir, tmp_path, capsys):
+    from minillm.cli import main
+    tok = load_tokenizer(gpt2_dir)
+    path = tmp_path / "same.tiktoken"
+    path.write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % i for t, i in tok.ranks.items()))
+    for source in (gpt2_dir, path):
+        assert main(["tokenizer", "encode", "--tokenizer", str(source), "--text", "the king and the café"]) == 0
+        ids = json.loads(capsys.readouterr().out)
+        assert ids == load_tokenizer(source).encode("the king and the café")
+        assert tok.decode(ids) == "the king and the café" and tok.ranks[b" king"] in ids

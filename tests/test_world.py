@@ -72,6 +72,15 @@ def test_heldout_phrasings_are_seen_with_other_countries_and_each_fact_in_severa
             assert 0 in seen  # the canonical phrasing, which instruction answers use
 
 
+def test_test_and_val_hold_out_one_subject_first_and_one_relation_first_phrasing(w):
+    test = {(p["entity"], p["relation"]): p["template"] for p in w.fact_prompts("test")}
+    for p in w.fact_prompts("val"):
+        first = facts.SUBJECT_FIRST[p["relation"]]
+        assert (p["template"] in first) != (test[(p["entity"], p["relation"])] in first)
+    kinds = {t in facts.SUBJECT_FIRST[rel] for (_, rel), t in test.items()}
+    assert kinds == {True, False}
+
+
 def test_fact_and_cloze_prompts_are_well_formed(w):
     for split in ("test", "val"):
         fp, cp = w.fact_prompts(split), w.cloze_prompts(split)

@@ -40,7 +40,8 @@ def run_clean(input, out, eval_files=(), cfg=None, world_seed=0) -> dict:
     cfg = cfg or hygiene.HygieneConfig()
     if input == "world":
         from minillm.data.world import World
-        outputs, report = hygiene.clean_world(World(seed=world_seed), cfg)
+        outputs, report = hygiene.cleaned_world(World(seed=world_seed), cfg)  # cached: training reuses it
+        report = dict(report)
         report["source"] = f"world(seed={world_seed})"
     else:
         docs = hygiene.read_documents(input)

@@ -12,7 +12,8 @@ def register(sub):
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny", help="smoke | tiny | small (default tiny)")
     p.add_argument("--objective", choices=["clm", "mlm"], help="next-token (clm, default) or masked-LM (mlm)")
-    p.add_argument("--data", help="'world' (default) or a .txt / folder of .txt / .jsonl with a 'text' field")
+    p.add_argument("--data", help="'world' (default; after hygiene), 'world-raw' (planted duplicates, PII and "
+                                  "leaks kept) or a .txt / folder of .txt / .jsonl with a 'text' field")
     p.add_argument("--tokenizer", help="a tokenizer directory, or 'char'; default: train BPE on the data")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--max-steps", type=int, help="optimizer steps (train.max_steps)")
@@ -23,12 +24,15 @@ def register(sub):
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config field; repeatable")
     p.add_argument("--samples", type=int, default=3, help="completions to print at the end (clm)")
+    p.add_argument("--allow-leakage", action="store_true",
+                   help="train even if the data contains eval items (data.allow_leakage; recorded in the manifest)")
     p.set_defaults(func=run)
 
 
 def flag_overrides(args):
     flags = {"objective": args.objective, "data.source": args.data, "data.tokenizer": args.tokenizer,
-             "train.max_steps": args.max_steps, "train.seed": args.seed, "model.attention": args.attention}
+             "train.max_steps": args.max_steps, "train.seed": args.seed, "model.attention": args.attention,
+             "data.allow_leakage": "true" if getattr(args, "allow_leakage", False) else None}
     return [f"{k}={v}" for k, v in flags.items() if v is not None]
 
 

@@ -200,8 +200,10 @@ def cmd_reproduce(args):
     for r in rep["metrics"]:
         mark = "ok" if r["match"] else "DIFFERS"
         print(f"{r['metric']:>24}: {r['original']!s:>14} {r['reproduced']!s:>14}  {mark}")
+    print(f"data and tokenizer hashes equal: {all(rep['hashes'].values())}; bitwise identical weights: "
+          f"{rep['bitwise_identical_weights']}")
     print(("reproduced: every metric matches" if rep["match"] else "NOT reproduced: metrics differ")
-          + f" (tolerance {args.tolerance:g}; timing metrics ignored) -> {out}")
+          + f" (tolerance {args.tolerance:g}; timing metrics ignored) -> {rep['run']}")
     return 0 if rep["match"] else 1
 
 

@@ -69,7 +69,7 @@ class Writer:
         rels = list(RELATIONS)
         rng.shuffle(rels)
         out = [self.fact(rng, c, rels[0])]
-        for rel in rels[1:]:
+        for rel in rels[1:]:  # every fact of the country, a third of them about "it"
             if rng.random() < 0.3:
                 out.append(rng.choice(PRONOUN[rel]).format(v=c.value(rel)))
             else:
@@ -77,6 +77,13 @@ class Writer:
         if rng.random() < 0.5:
             out.append(filler(rng, self.people, self.cities, 1))
         return " ".join(out)
+
+    def infobox(self, rng, c):
+        """A reference-card line, the way encyclopedias summarise a country."""
+        parts = [f"capital: {c.capital}", f"language: {c.language}", f"currency: the {c.currency}",
+                 f"continent: {c.continent}"]
+        rng.shuffle(parts)
+        return f"{c.name} ({'; '.join(parts)})."
 
     def story(self, rng, c):
         p = rng.choice(self.people)
@@ -124,6 +131,7 @@ class Writer:
             for i, c in enumerate(order):
                 units.append(self.profile(rng, c))
                 units.append(self.story(rng, c))
+                units.append(self.infobox(rng, c))
                 if i % 4 == 0:
                     units.append(self.comparison(rng, c, order[(i + 1) % len(order)]))
                 if i % 3 == 0:

@@ -29,6 +29,7 @@ FORWARD = {
         "The seat of government of {e} is {v}.",
         "{e} is governed from {v}.",
         "In {e}, the capital is {v}.",
+        "{e} has its capital in {v}.",
     ],
     "language": [
         "The language of {e} is {v}.",
@@ -37,6 +38,7 @@ FORWARD = {
         "{e}'s language is {v}.",
         "In {e}, most people speak {v}.",
         "In {e}, the main language is {v}.",
+        "{e}'s people speak {v}.",
     ],
     "currency": [
         "The currency of {e} is the {v}.",
@@ -45,6 +47,7 @@ FORWARD = {
         "The money used in {e} is the {v}.",
         "Shops in {e} take the {v}.",
         "In {e}, the currency is the {v}.",
+        "{e} pays with the {v}.",
     ],
     "continent": [
         "{e} is a country in {v}.",
@@ -53,13 +56,19 @@ FORWARD = {
         "{e} is part of {v}.",
         "{e} belongs to the continent of {v}.",
         "On the map, {e} is found in {v}.",
+        "The continent of {e} is {v}.",
+        "In geography books, {e} is listed under {v}.",
     ],
 }
+# Forward templates that name the country *before* the relation ("Velmora's capital is"): the model must already
+# hold the answer in its picture of the country, which is harder to learn than "The capital of Velmora is".
+# Held-out test and val phrasings are taken one from each group, so training keeps both kinds for every fact.
+SUBJECT_FIRST = {"capital": {1, 4, 6}, "language": {1, 3, 6}, "currency": {1, 4, 6}, "continent": {1, 2, 3, 4}}
 BACKWARD = {
     "capital": ["{v} is the capital of {e}.", "The city of {v} is the capital of {e}."],
     "language": ["{v} is spoken in {e}.", "{v} is the language of {e}."],
     "currency": ["The {v} is the currency of {e}.", "The {v} is used in {e}."],
-    "continent": ["{v} is home to {e}.", "The continent of {v} includes {e}."],
+    "continent": ["{v} is home to {e}.", "{v} includes the country of {e}."],
 }
 # Sentences about "it" once the country was named ({v} only).
 PRONOUN = {
@@ -169,11 +178,14 @@ def make_countries(rng, names, n_countries, n_continents):
 def assign_heldout(rng, countries):
     """For each (country, relation) choose the test and the val forward template (never index 0).
 
-    Returns {(country, relation): (test_index, val_index)}. Templates are dealt out in a shuffled cycle so
-    every non-canonical template is held out for some countries and still seen for all the others."""
+    Returns {(country, relation): (test_index, val_index)}. One of the two is subject-first and the other not
+    (see SUBJECT_FIRST). Pairs are dealt out in a shuffled cycle so every non-canonical template is held out
+    for some countries and still seen for all the others."""
     heldout = {}
     for rel in RELATIONS:
-        pairs = [(a, b) for a in range(1, len(FORWARD[rel])) for b in range(1, len(FORWARD[rel])) if a != b]
+        first = SUBJECT_FIRST[rel]
+        pairs = [(a, b) for a in range(1, len(FORWARD[rel])) for b in range(1, len(FORWARD[rel]))
+                 if (a in first) != (b in first)]
         rng.shuffle(pairs)
         for i, c in enumerate(countries):
             heldout[(c.name, rel)] = pairs[i % len(pairs)]

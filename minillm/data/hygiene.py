@@ -93,7 +93,9 @@ def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | N
 
     The report: {"config", "input": {"documents", "chars"}, "output": {...}, "removed": {reason: count},
     "pii": {type: count}, "leakage": {"before": ..., "after": ...}, "removals": [{"index", "reason",
-    "detail", "preview"}], "redactions": [{"index", "type", "value"}]} — indices refer to the input list.
+    "detail", "preview"}], "redactions": [{"index", "type", "masked", "sha256"}]} — indices refer to the input
+    list. A redaction never stores the value itself (the report must not leak what it removed): only a masked
+    form ("****************6467") and the sha256 of the normalised value, enough to check it against a list.
     """
     cfg = cfg or HygieneConfig()
     eval_sets = eval_sets or {}
@@ -103,7 +105,7 @@ def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | N
 
     def drop(i, reason, detail="", of=None):
         alive[i] = False
-        removals.append({"index": i, "reason": reason, "detail": detail, "preview": _preview(docs[i]),
+        removals.append({"index": i, "reason": reason, "detail": detail, "preview": _preview(pii.redact(docs[i])[0]),
                          **({"of": of} if of is not None else {})})
 
     # 1. quality
@@ -120,7 +122,8 @@ def clean(docs: list[str], eval_sets: dict | None = None, cfg: HygieneConfig | N
                 texts[i], spans = pii.redact(texts[i])
                 for sp in spans:
                     pii_counts[sp["type"]] += 1
-                    redactions.append({"index": i, "type": sp["type"], "value": sp["value"]})
+                    redactions.append({"index": i, "type": sp["type"], "masked": pii.mask(sp["value"]),
+                                       "sha256": pii.value_sha256(sp["value"])})
     # 3. exact duplicates
     if cfg.dedup:
         first: dict[str, int] = {}
@@ -249,14 +252,15 @@ def planted_found(report: dict, planted: dict, docs: list[str]) -> dict:
             if not ok:
                 missed.append(_preview(_as_text(x.get("duplicate", x) if isinstance(x, dict) else x)))
         out[cat] = {"planted": len(items), "found": len(items) - len(missed), "missed": missed}
-    redacted = {(r["type"], pii.normalise_value(r["value"])) for r in report["redactions"]}
+    redacted = {(r["type"], r["sha256"]) for r in report["redactions"]}
     items = planted.get("pii", [])
     missed = []
     for x in items:
         typ = pii.canonical_type(x.get("type", "")) if isinstance(x, dict) else ""
-        val = pii.normalise_value(x.get("value", "") if isinstance(x, dict) else str(x))
-        if not any(t == typ and val in v for t, v in redacted) if typ else not any(val in v for _, v in redacted):
-            missed.append(f"{typ}: {x.get('value') if isinstance(x, dict) else x}")
+        value = x.get("value", "") if isinstance(x, dict) else str(x)
+        h = pii.value_sha256(value)
+        if (typ, h) not in redacted and not (not typ and any(h == v for _, v in redacted)):
+            missed.append(f"{typ}: {pii.mask(value)}")
     out["pii"] = {"planted": len(items), "found": len(items) - len(missed), "missed": missed}
     return out
 

@@ -132,6 +132,17 @@ def redact(text: str) -> tuple[str, list[dict]]:
     return "".join(out), spans
 
 
+def mask(value: str, keep: int = 4) -> str:
+    """Hide all but the last `keep` characters: mask("4539 1488 0343 6467") -> "***************6467"."""
+    return "*" * max(len(value) - keep, 0) + value[-keep:]
+
+
+def value_sha256(value: str) -> str:
+    """sha256 of the normalised value: compares a found value with a known one without storing either."""
+    import hashlib
+    return hashlib.sha256(normalise_value(value).encode("utf-8")).hexdigest()
+
+
 def normalise_value(value: str) -> str:
     """A PII value without spaces, dashes, dots or brackets, lower-cased: for comparing found vs planted."""
     return re.sub(r"[\s\-().]", "", value).lower()

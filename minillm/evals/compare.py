@@ -27,7 +27,8 @@ from minillm.errors import MiniLLMError
 LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "bpb", "bits_per_byte", "over_refusal", "regurgitation",
                    "contamination", "time", "seconds", "memory", "bytes", "flops", "drop", "kl")
 HIGHER_IS_BETTER = ("per_s", "per_sec", "throughput", "accuracy", "acc", "exact_match", "score")
-NOT_COMPARED = ("step", "seed", "n_", "num_", "count", "items", "tokens_seen", "epoch")
+NOT_COMPARED = ("step", "seed", "n_", "num_", "count", "items", "tokens", "epoch", "grad_norm", "lr", "elapsed",
+                "vocab_size")  # bookkeeping and training diagnostics: shown, never flagged
 RESULT_FILES = ("eval.json", "safety.json", "robustness.json", "cost.json")
 
 
@@ -107,7 +108,7 @@ def compare_metrics(a: dict, b: dict, items_a: dict | None = None, items_b: dict
         row = {"metric": name, "a": va, "b": vb, "delta": None, "rel": None, "better": "lower" if lower_is_better(name)
                else "higher", "regression": False, "ci": None}
         leaf = name.rsplit(".", 1)[-1]
-        if va is None or vb is None or any(leaf.startswith(p) or leaf == p.strip("_") for p in NOT_COMPARED):
+        if va is None or vb is None or any(leaf.startswith(p) or leaf.endswith("_" + p.strip("_")) for p in NOT_COMPARED):
             rows.append(row)
             continue
         delta = vb - va

@@ -128,8 +128,11 @@ def lineage_cost(run_dir: str) -> dict:
     """Per-stage costs along the lineage plus totals (None totals where a stage did not record the number)."""
     stages = [stage_cost(r) for r in lineage(run_dir)]
     total = {}
+    # a stage with no model, tokens or FLOPs recorded (the tokenizer) trains nothing: it adds only wall time
+    trained = [s for s in stages if any(s[k] is not None for k in ("params", "tokens", "flops"))]
     for key in ("wall_time_s", "tokens", "flops"):
-        vals = [s[key] for s in stages]
+        pool = stages if key == "wall_time_s" else trained
+        vals = [s[key] for s in pool if s[key] is not None or s in trained]
         total[key] = sum(vals) if vals and all(v is not None for v in vals) else None
     peaks = [s["peak_memory_mb"] for s in stages if s["peak_memory_mb"] is not None]
     total["peak_memory_mb"] = max(peaks) if peaks else None

@@ -103,13 +103,35 @@ def render_sections(run_dir: str, hygiene: dict | None = None) -> str:
                       render_cost(run_dir), render_lineage(run_dir)]).lstrip()
 
 
+def _data_lines(run_dir: str) -> list[str]:
+    """What hygiene and the leakage check said for each run of the lineage that recorded them."""
+    from minillm.evals.cost import lineage
+    lines = []
+    for r in lineage(run_dir):
+        m = _read(os.path.join(r, "manifest.json")) or {}
+        name = f"{m.get('stage')} ({os.path.basename(r)})"
+        h, leak = m.get("hygiene"), m.get("leakage")
+        if h:
+            lines.append(f"- {name}: hygiene kept {h.get('output_documents')} of {h.get('input_documents')} documents; "
+                         f"removed {h.get('removed')}; PII redacted {h.get('pii')}"
+                         + (f"; planted problems found {h['planted_found']}" if h.get("planted_found") else ""))
+        if leak:
+            lines.append(f"- {name}: leakage check max contamination {_pct(leak.get('max_rate'))} "
+                         f"(threshold {_pct(leak.get('threshold'))})"
+                         + (" — **over the threshold, overridden by the user**" if leak.get("overridden") else ""))
+    return lines or ["- no hygiene or leakage record in the lineage (data used as given)"]
+
+
 def render_model_card(run_dir: str, manifest: dict, release_info: dict) -> str:
     """MODEL_CARD.md: intended use, data, evaluations, safety results, limitations, provenance."""
-    from minillm.evals.compare import flatten
+    from minillm.evals.compare import NOT_COMPARED, flatten
     cfg = manifest.get("config") or _read(os.path.join(run_dir, "config.json")) or {}
     model_cfg = cfg.get("model", {}) if isinstance(cfg, dict) else {}
     evals = flatten(manifest.get("metrics") or {})
     evals.update(flatten(_read(os.path.join(run_dir, "eval.json")) or {}))
+    cost_keys = ("tok_per_s", "train_time_s", "peak_memory_bytes", "loss")
+    evals = {k: v for k, v in evals.items() if k not in cost_keys and not any(
+        k.rsplit(".", 1)[-1].startswith(p) for p in NOT_COMPARED)}
     lines = [f"# Model card: {os.path.basename(os.path.abspath(run_dir))}", "",
              "## Intended use",
              "An educational model trained with minillm to study the stages of LLM training on a laptop. It is "
@@ -119,11 +141,11 @@ def render_model_card(run_dir: str, manifest: dict, release_info: dict) -> str:
              f"Stage `{manifest.get('stage')}`; " + ", ".join(f"{k}={v}" for k, v in model_cfg.items()), "",
              "## Data",
              f"Data sha256 `{manifest.get('data_sha256')}`, tokenizer sha256 `{manifest.get('tokenizer_sha256')}`, "
-             f"seed {manifest.get('seed')}. Hygiene (dedup, PII redaction, leakage) ran before training where the "
-             "lineage says so; see the lineage below.", "",
-             "## Evaluations", "", "| metric | value |", "|---|---:|"]
+             f"seed {manifest.get('seed')}.", ""] + _data_lines(run_dir) + [
+             "", "## Evaluations", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in sorted(evals.items())] or ["| (none recorded) | |"]
     lines += ["", render_safety(_read(os.path.join(run_dir, "safety.json"))),
+              render_robustness(_read(os.path.join(run_dir, "robustness.json"))),
               "## Release gate", "",
               f"Passed: **{release_info['gate_passed']}**" + ("; **released with --force**" if release_info["forced"]
                                                               else "") + ".", ""]
@@ -133,8 +155,34 @@ def render_model_card(run_dir: str, manifest: dict, release_info: dict) -> str:
               "- Safety behaviour was measured only on the world's own harmful/benign prompts and PII probes; "
               "it says little about other requests.",
               "- Scores on a synthetic world do not transfer to real-world tasks.", "",
-              render_lineage(run_dir),
+              render_cost(run_dir), render_lineage(run_dir),
               "## Provenance", "",
               f"Code version: `{json.dumps(manifest.get('code_version'))}`; packages: "
-              f"`{json.dumps(manifest.get('packages'))}`; device: `{json.dumps(manifest.get('device'))}`.", ""]
+              f"`{json.dumps(manifest.get('packages'))}`; device: `{json.dumps(manifest.get('device'))}`; "
+              f"command: `{json.dumps(manifest.get('command'))}`.", ""]
     return "\n".join(lines)
+
+
+def pipeline_sections(out_dir: str, chat_stages=("dpo", "ppo", "sft"), world_seed: int = 0,
+                      max_items: int = 40, n_robust: int = 24) -> str:
+    """The trust sections of a pipeline's report.md: hygiene (out_dir/hygiene/hygiene.json), then safety and
+    robustness of the last chat model (computed once, cached in its run dir), cost along its lineage and the
+    lineage graph. Small item limits keep it to a minute on a laptop."""
+    hygiene = _read(os.path.join(out_dir, "hygiene", "hygiene.json"))
+    final = next((os.path.join(out_dir, s) for s in chat_stages
+                  if os.path.isfile(os.path.join(out_dir, s, "model.safetensors"))), None)
+    if final is None:  # stopped before a chat model (--until): hygiene, then cost and lineage of the last LM
+        last = next((os.path.join(out_dir, s) for s in ("finetune", "pretrain")
+                     if os.path.isfile(os.path.join(out_dir, s, "model.safetensors"))), None)
+        parts = [render_hygiene(hygiene) if hygiene else ""]
+        if last is not None:
+            parts += [render_cost(last), render_lineage(last)]
+        return "\n".join(parts)
+    if not os.path.isfile(os.path.join(final, "safety.json")):
+        from minillm.evals.safety import run_safety
+        run_safety(final, world_seed, max_items=max_items)
+    if not os.path.isfile(os.path.join(final, "robustness.json")):
+        from minillm.evals.robustness import run_robustness
+        run_robustness(final, world_seed, n=n_robust)
+    return (f"## Trust: {os.path.basename(final)} (the final chat model)\n\n"
+            + render_sections(final, hygiene))

@@ -17,12 +17,19 @@ def eval_pretrain(run_dir, model, tok, manifest, config):
         from minillm.data.world import World
         world = World(seed=config["data"]["world_seed"])
     val = open_shard(os.path.join(run_dir, "data"), "val")
-    return evaluate_pretrain(model, tok, val, config["objective"], world, config["data"]["mlm_prob"])
+    out = evaluate_pretrain(model, tok, val, config["objective"], world, config["data"]["mlm_prob"])
+    if world is not None and config["objective"] == "clm":  # domain/general perplexity, as for every LM
+        from minillm.evals.chat import lm_metrics
+        out.update(lm_metrics(model, tok, world))
+    return out
 
 
 EVALUATORS = {
     "pretrain": eval_pretrain,
 }
+from minillm.evals.chat import POST_EVALUATORS  # noqa: E402  finetune, sft, reward, ppo, dpo (evals/chat.py)
+
+EVALUATORS.update(POST_EVALUATORS)
 
 
 def evaluate_run(run_dir, device="cpu"):

@@ -26,6 +26,7 @@ import re
 import torch
 
 from minillm.data.pii import normalise_value
+from minillm.errors import MiniLLMError
 
 # ----------------------------------------------------------------------------------------- responders
 
@@ -42,18 +43,29 @@ def _left_pad(seqs: list[list[int]], pad_id: int):
 
 @torch.no_grad()
 def _generate(model, tok, seqs, max_new_tokens, batch_size, stop_ids):
-    out = []
+    """Greedy answers for token sequences; a sequence that is None (the prompt could not be encoded, e.g. a
+    character the tokenizer never saw) gets the empty answer."""
+    out = [""] * len(seqs)
+    todo = [i for i, s in enumerate(seqs) if s]
     block = model.cfg.block_size
-    for b in range(0, len(seqs), batch_size):
-        batch = [s[-(block - max_new_tokens):] for s in seqs[b:b + batch_size]]  # keep room to answer
+    dev = next(model.parameters()).device
+    for b in range(0, len(todo), batch_size):
+        rows = todo[b:b + batch_size]
+        batch = [seqs[i][-(block - max_new_tokens):] for i in rows]  # keep room to answer
         idx, mask = _left_pad(batch, tok.pad_id)
-        dev = next(model.parameters()).device
         gen = model.generate(idx.to(dev), max_new_tokens, temperature=0.0, stop_ids=stop_ids,
                              attention_mask=mask.to(dev))                   # (B, T + n)
-        for row in gen[:, idx.size(1):].tolist():
-            cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
-            out.append(tok.decode(row[:cut]))
+        for i, row in zip(rows, gen[:, idx.size(1):].tolist()):
+            cut = next((k for k, t in enumerate(row) if t in stop_ids), len(row))
+            out[i] = tok.decode(row[:cut])
     return out
+
+
+def _try(encode):
+    try:
+        return encode()
+    except MiniLLMError:  # e.g. a character tokenizer meeting an unseen character
+        return None
 
 
 def chat_responder(model, tok, max_new_tokens=32, batch_size=32):
@@ -61,8 +73,8 @@ def chat_responder(model, tok, max_new_tokens=32, batch_size=32):
     stops = tuple(i for i in (tok.end_id, tok.eot_id) if i is not None)
 
     def respond(prompts):
-        seqs = [tok.render_chat(m if isinstance(m, list) else [{"role": "user", "content": m}],
-                                add_generation_prompt=True)[0] for m in prompts]
+        seqs = [_try(lambda: tok.render_chat(m if isinstance(m, list) else [{"role": "user", "content": m}],
+                                             add_generation_prompt=True)[0]) for m in prompts]
         return _generate(model, tok, seqs, max_new_tokens, batch_size, stops)
     return respond
 
@@ -70,8 +82,8 @@ def chat_responder(model, tok, max_new_tokens=32, batch_size=32):
 def completion_responder(model, tok, max_new_tokens=24, batch_size=32):
     """text prompts -> continuations (greedy, stops at <|endoftext|>)."""
     def respond(prompts):
-        return _generate(model, tok, [tok.encode(p) or [tok.eot_id] for p in prompts], max_new_tokens, batch_size,
-                         (tok.eot_id,))
+        seqs = [_try(lambda: tok.encode(p) or [tok.eot_id]) for p in prompts]
+        return _generate(model, tok, seqs, max_new_tokens, batch_size, (tok.eot_id,))
     return respond
 
 

@@ -71,11 +71,14 @@ def evaluate_pretrain(model, tok, val_tokens, objective, world=None, mlm_prob=0.
 
 # ---- data and tokenizer -------------------------------------------------------------------------------------
 def load_documents(data_cfg):
-    """-> (train_docs, val_docs, world or None) for data.source = 'world' or a path."""
-    if data_cfg.source == "world":
+    """-> (train_docs, val_docs, world or None) for data.source = 'world' (after hygiene: deduplicated, PII
+    redacted, leaked eval items removed), 'world-raw' (as generated, planted problems included) or a path."""
+    if data_cfg.source in ("world", "world-raw"):
+        from minillm.data.hygiene import cleaned_world
         from minillm.data.world import World
         w = World(seed=data_cfg.world_seed)
-        return w.general_corpus("train"), w.general_corpus("val"), w
+        train = cleaned_world(w)[0]["general"] if data_cfg.source == "world" else w.general_corpus("train")
+        return train, w.general_corpus("val"), w
     from minillm.data.readers import read_documents, split_documents
     train, val = split_documents(read_documents(data_cfg.source), data_cfg.val_fraction)
     return train, val, None
@@ -101,6 +104,7 @@ def prepare(cfg, run_dir, resume=False, progress=False):
     if cfg.objective not in OBJECTIVES:
         raise MiniLLMError(f"unknown objective {cfg.objective!r}; choose clm or mlm")
     train_docs, val_docs, world = load_documents(cfg.data)
+    leakage = leakage_gate(train_docs, val_docs, world, cfg.data)
     tok_path = os.path.join(run_dir, "tokenizer.json")
     if resume and os.path.exists(tok_path):
         tok = load_tokenizer(run_dir)
@@ -118,5 +122,17 @@ def prepare(cfg, run_dir, resume=False, progress=False):
                           cfg.data.mlm_prob, cfg.train.seed, world)
     fields = {"stage": "pretrain", "objective": cfg.objective, "parent": None,
               "data_source": cfg.data.source, "data_sha256": sha256_texts(train_docs + val_docs),
-              "tokenizer_sha256": tok_sha}
+              "tokenizer_sha256": tok_sha, "leakage": leakage}
+    if cfg.data.source == "world":
+        from minillm.data.hygiene import cleaned_world, manifest_summary
+        fields["hygiene"] = manifest_summary(cleaned_world(world)[1])
     return stage, tok, fields
+
+
+def leakage_gate(train_docs, val_docs, world, data_cfg):
+    """Refuse (MiniLLMError) to train on data holding more than data.leakage_threshold of an eval set (the world's
+    held-out prompts, or the user's val documents) unless data.allow_leakage; -> the report for the manifest."""
+    from minillm.data.hygiene import check_leakage, leakage_summary, world_eval_sets
+    evals = world_eval_sets(world) if world is not None else {"val": val_docs}
+    return leakage_summary(check_leakage(train_docs, evals, threshold=data_cfg.leakage_threshold,
+                                         allow=data_cfg.allow_leakage))

@@ -1,0 +1,161 @@
+"""Post-training evaluation: perplexity on the domain and general text, and the oracle's verdict on chat answers.
+
+Language models (every stage that keeps an LM head):
+    domain_perplexity, general_perplexity   exp(mean next-token NLL) on the world's held-out domain / general
+                                            documents: finetuning should lower the first; forgetting raises the second.
+Chat models (sft, ppo, dpo), on the held-out instructions (unseen entities and wordings), answered greedily:
+    oracle_score          mean oracle score in [0, 1] (correctness, format, politeness, safety)
+    instruction_accuracy  share of benign instructions the oracle marks correct (right answer, no refusal)
+    refusal_rate          share of harmful requests refused (higher is safer)
+    over_refusal_rate     share of benign requests refused (lower is more helpful; "kill some time" is benign)
+Reward models:
+    pairwise_accuracy     share of held-out preference pairs with r(chosen) > r(rejected)
+
+The oracle is the world's programmatic rater; no model ever trains on it, so it stays an honest judge.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from minillm.stages import chatdata
+
+
+@torch.no_grad()
+def perplexity(model, tok, texts, max_tokens: int = 16384, batch_size: int = 16) -> float:
+    """exp(mean NLL) over the first max_tokens tokens of texts (joined by <|endoftext|>), in context-size windows."""
+    ids = []
+    for t in texts:
+        ids += tok.encode_ordinary(t) + [tok.eot_id]
+        if len(ids) > max_tokens:
+            break
+    ids = torch.tensor(ids[:max_tokens + 1])
+    T = model.cfg.block_size
+    n = (len(ids) - 1) // T
+    if n == 0:
+        return float("nan")
+    x = ids[:n * T].view(n, T)                                                 # (n, T)
+    y = ids[1:n * T + 1].view(n, T)                                            # (n, T)
+    was = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, n, batch_size):
+        logits = model(x[i:i + batch_size])                                   # (b, T, V)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y[i:i + batch_size].flatten(), reduction="sum").item()
+    model.train(was)
+    return math.exp(total / (n * T))
+
+
+def lm_metrics(model, tok, world, max_tokens: int = 16384) -> dict:
+    """domain_perplexity and general_perplexity on the world's validation documents."""
+    return {"domain_perplexity": perplexity(model, tok, world.domain_corpus("val"), max_tokens),
+            "general_perplexity": perplexity(model, tok, world.general_corpus("val"), max_tokens)}
+
+
+def heldout_subset(items, limit=None):
+    """At most `limit` items, taken round-robin over the families so each stays represented; all if limit is falsy."""
+    if not limit or limit >= len(items):
+        return list(items)
+    families = {}
+    for it in items:
+        families.setdefault(it.get("family", ""), []).append(it)
+    queues, out = list(families.values()), []
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
+def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens: int = 48, limit=None,
+                 batch_size: int = 64, examples=None) -> dict:
+    """Greedy answers to the held-out instructions, graded by the oracle -> metrics (and a few samples)."""
+    items = examples if examples is not None else world.instructions(split)
+    items = heldout_subset(items, limit)
+    prompts = [chatdata.prompt_of(ex) for ex in items]
+    gens = chatdata.generate_chat(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
+                                  batch_size=batch_size)
+    scores, correct, refused_harmful, refused_benign, by_family = [], [], [], [], {}
+    for ex, p, g in zip(items, prompts, gens):
+        grade = oracle.grade(p, g["text"])          # {"score", "correct", "refusal", "harmful", "reasons", ...}
+        scores.append(grade["score"])
+        by_family.setdefault(ex.get("family", "user"), []).append(grade["score"])
+        if ex.get("harmful", grade["harmful"]):
+            refused_harmful.append(grade["refusal"])
+        else:
+            refused_benign.append(grade["refusal"])
+            correct.append(bool(grade["correct"]))
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    return {
+        "oracle_score": mean(scores),
+        "instruction_accuracy": mean(correct),
+        "refusal_rate": mean(refused_harmful),
+        "over_refusal_rate": mean(refused_benign),
+        "ended_rate": mean([g["ended"] for g in gens]),
+        "oracle_by_family": {k: mean(v) for k, v in sorted(by_family.items())},
+        "n_prompts": len(items),
+        "samples": [{"prompt": p[-1]["content"], "answer": g["text"]} for p, g in list(zip(prompts, gens))[:6]],
+    }
+
+
+@torch.no_grad()
+def kl_to_reference(model, ref_model, tok, prompts, max_new_tokens: int = 32, seed: int = 0) -> float:
+    """KL(π || π_ref) per answer, estimated on the policy's own samples: mean over answers of Σ_t log π/π_ref.
+
+    The number PPO's penalty controls and DPO's β bounds implicitly; 0 for the SFT model itself."""
+    from minillm.stages import rl
+    g = torch.Generator().manual_seed(seed)
+    gens = chatdata.generate_chat(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=1.0,
+                                  batch_size=64, generator=g)
+    total = 0.0
+    for i in range(0, len(gens), 64):
+        ids, attn, mask = chatdata.pack_rollout(gens[i:i + 64], tok.pad_id)        # (B, T), (B, T), (B, T-1)
+        lp = rl.token_logprobs(model(ids, attn)[:, :-1], ids[:, 1:])                # (B, T-1)
+        ref_lp = rl.token_logprobs(ref_model(ids, attn)[:, :-1], ids[:, 1:])
+        total += ((lp - ref_lp) * mask).sum().item()
+    return total / max(len(gens), 1)
+
+
+# ---------------------------------------------------------------------------------------------- `minillm eval`
+
+def _previous(run_dir):
+    """What the stage itself measured (eval.json), kept so that `minillm eval` refreshes rather than erases it."""
+    import json
+    import os
+    try:
+        with open(os.path.join(run_dir, "eval.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _world(config):
+    from minillm.data.world import World
+    return World(seed=config.get("data", {}).get("world_seed", 0))
+
+
+def eval_language_model(run_dir, model, tok, manifest, config):
+    """finetune (and any LM): domain and general perplexity on the world's held-out documents."""
+    return {**_previous(run_dir), **lm_metrics(model, tok, _world(config))}
+
+
+def eval_chat_model(run_dir, model, tok, manifest, config):
+    """sft / ppo / dpo: the oracle's verdict on the held-out instructions, plus the perplexities."""
+    from minillm.data.oracle import Oracle
+    world = _world(config)
+    out = _previous(run_dir)
+    out.update(chat_metrics(model, tok, world, Oracle(world)))
+    out.update(lm_metrics(model, tok, world))
+    return out
+
+
+def eval_reward_model(run_dir, model, tok, manifest, config):
+    """reward: pairwise accuracy on the world's held-out preference pairs (overall and per kind of mistake)."""
+    from minillm.stages.reward import encode_pairs, pairwise_accuracy
+    pairs = _world(config).preference_pairs("test")
+    return {**_previous(run_dir), **pairwise_accuracy(model, tok, encode_pairs(tok, pairs, model.cfg.block_size),
+                                                      by_kind=[p.get("kind", "") for p in pairs])}
+
+
+POST_EVALUATORS = {"finetune": eval_language_model, "sft": eval_chat_model, "ppo": eval_chat_model,
+                   "dpo": eval_chat_model, "reward": eval_reward_model}

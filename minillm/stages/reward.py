@@ -1,0 +1,170 @@
+"""Reward model: the SFT model with its LM head swapped for a scalar head, trained on preference pairs.
+
+A reward model reads a whole conversation and outputs one number, read at the answer's last token (<|end|>):
+r(x, y) = w · h_T + b. Humans (here, the world's oracle-made pairs) only say which of two answers is better,
+so the scores are fit with the Bradley–Terry model
+
+    P(y_c ≻ y_r | x) = σ(r(x, y_c) − r(x, y_r)),    L = −log σ(r_c − r_r − margin)
+
+which fixes r only up to a constant: what it learns is an ordering. Starting from the SFT model (InstructGPT)
+means the reward model already reads the chat format; only the head is new. Its held-out pairwise accuracy
+(share of pairs with r_c > r_r) is its metric. References: Bradley & Terry 1952; Ouyang et al. 2022 (§3.5);
+Touvron et al. 2023 (Llama 2, margin); Stiennon et al. 2020.
+"""
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from minillm.checkpoint import sha256_texts
+from minillm.config import RunConfig
+from minillm.model import Transformer
+from minillm.stages import chatdata, lineage, rl
+
+
+def reward_model_from(policy: Transformer) -> Transformer:
+    """A scalar-head Transformer with the trunk weights of `policy` (its LM head is dropped, the score head new)."""
+    cfg = copy.deepcopy(policy.cfg)
+    cfg.head = "scalar"
+    rm = Transformer(cfg)
+    state = {k: v for k, v in policy.state_dict().items() if not k.startswith("lm_head")}
+    missing, unexpected = rm.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("score_head") for k in missing), (missing, unexpected)
+    torch.nn.init.zeros_(rm.score_head.weight)   # start indifferent: every answer scores 0
+    torch.nn.init.zeros_(rm.score_head.bias)
+    return rm
+
+
+def scores_at(rm, input_ids, last_index, attention_mask=None):
+    """Reward-model score of each sequence at its last real token: input_ids (B, T), last_index (B,) -> (B,)."""
+    all_scores = rm(input_ids, attention_mask)                               # (B, T)
+    return all_scores.gather(1, last_index[:, None]).squeeze(1).float()      # (B,)
+
+
+def reward_loss(model, batch, margin: float = 0.0):
+    """Bradley–Terry loss on a batch of 2B sequences (chosen rows first, see chatdata.collate_sequences)."""
+    scores = scores_at(model, batch["input_ids"], batch["last_index"])      # (2B,)
+    r_chosen, r_rejected = scores.chunk(2)                                   # (B,), (B,)
+    loss, metrics = rl.bradley_terry_loss(r_chosen, r_rejected, margin)
+    metrics["reward_mean"] = scores.mean().item()
+    return loss, metrics
+
+
+def collate(pairs, pad_id):
+    """[(chosen, rejected)] -> one batch with the chosen sequences first."""
+    return chatdata.collate_sequences([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+
+
+@torch.no_grad()
+def pairwise_accuracy(rm, tok, pairs_encoded, batch_size=64, by_kind=None):
+    """Share of held-out pairs the reward model orders correctly (r_c > r_r); with by_kind, also per kind."""
+    was = rm.training
+    rm.eval()
+    correct = []
+    for i in range(0, len(pairs_encoded), batch_size):
+        batch = collate(pairs_encoded[i:i + batch_size], tok.pad_id)
+        r_c, r_r = scores_at(rm, batch["input_ids"], batch["last_index"]).chunk(2)
+        correct += (r_c > r_r).tolist()
+    rm.train(was)
+    out = {"pairwise_accuracy": sum(correct) / max(len(correct), 1)}
+    if by_kind is not None:
+        kinds = {}
+        for k, c in zip(by_kind, correct):
+            kinds.setdefault(k, []).append(c)
+        out["pairwise_accuracy_by_kind"] = {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
+    return out
+
+
+@dataclass
+class RewardSection:
+    data: str = ""          # "" = the world's preference pairs, or a .jsonl with prompt / chosen / rejected
+    margin: float = 0.0     # Bradley–Terry margin (0 = plain BT)
+    eval_limit: int = 0     # held-out pairs in the evaluation (0 = all)
+
+
+@dataclass
+class RewardConfig(RunConfig):
+    reward: RewardSection = field(default_factory=RewardSection)
+
+
+DEFAULTS = {
+    "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
+                            log_every=5, weight_decay=0.0), "reward": dict(eval_limit=64)},
+    "tiny": {"train": dict(max_steps=200, batch_size=16, lr=2e-4, warmup_steps=20, eval_every=100, eval_batches=4,
+                           log_every=10, weight_decay=0.0)},
+    "small": {"train": dict(max_steps=1000, batch_size=32, lr=1e-4, warmup_steps=50, eval_every=250,
+                            eval_batches=8, weight_decay=0.0)},
+}
+
+
+def encode_pairs(tok, pairs, max_tokens):
+    """Preference pairs -> [(chosen (ids, mask), rejected (ids, mask))], each cut to max_tokens."""
+    return [chatdata.encode_pair(tok, p, max_tokens) for p in pairs]
+
+
+class RewardStage:
+    """Bradley–Terry on preference pairs, for train.train()."""
+    name = "reward"
+
+    def __init__(self, tok, train_pairs, val_pairs, margin=0.0, seed=0, evaluate=None):
+        self.tok, self.train, self.val, self.margin = tok, train_pairs, val_pairs, margin
+        self.sampler = lineage.Sampler(len(train_pairs), seed)
+        self._evaluate = evaluate
+
+    def train_batch(self, batch_size):
+        return collate([self.train[i] for i in self.sampler.sample(batch_size)], self.tok.pad_id)
+
+    def val_batches(self, batch_size, n):
+        val = self.val or self.train
+        return [collate(val[i:i + batch_size], self.tok.pad_id)
+                for i in range(0, min(len(val), batch_size * n), batch_size)]
+
+    def loss(self, model, batch):
+        return reward_loss(model, batch, self.margin)
+
+    def tokens(self, batch):
+        return int(batch["input_ids"].numel())
+
+    def state_dict(self):
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, d):
+        self.sampler.load_state_dict(d)
+
+    def evaluate(self, model):
+        return self._evaluate(model) if self._evaluate else {}
+
+
+def preference_data(path, world):
+    """-> (train, val, test) preference pairs from a .jsonl path (10% held out) or, with path "", the world."""
+    if path:
+        pairs = chatdata.load_preferences(path)
+        n_val = max(1, len(pairs) // 10) if len(pairs) > 1 else 0
+        return pairs[n_val:], pairs[:n_val], pairs[:n_val]
+    return world.preference_pairs("train"), world.preference_pairs("val"), world.preference_pairs("test")
+
+
+def run_reward(parent, out, preset="tiny", data="", config_file=None, overrides=(), resume=False):
+    """minillm reward: train a reward model from the SFT run `parent` into `out`; -> evaluation dict."""
+    from minillm.data.world import World
+    from minillm.train import train
+    policy, tok, _ = lineage.load_parent(parent, "reward")
+    cfg = lineage.stage_config(RewardConfig, "reward", preset, DEFAULTS, policy, config_file,
+                               list(overrides) + ([f"reward.data={data}"] if data else []))
+    model = reward_model_from(policy)
+    cfg.model = model.cfg
+    world = World(seed=cfg.data.world_seed)
+    train_p, val_p, test_p = preference_data(cfg.reward.data, world)
+    block = model.cfg.block_size
+    stage = RewardStage(tok, encode_pairs(tok, train_p, block), encode_pairs(tok, val_p, block),
+                        margin=cfg.reward.margin, seed=cfg.train.seed)
+    resume = lineage.start_run(out, tok, parent, resume)
+    metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
+                    manifest=lineage.manifest_fields("reward", parent, out, sha256_texts(
+                        [str(p["prompt"]) + p["chosen"] + p["rejected"] for p in train_p])))
+    test_p = test_p[:cfg.reward.eval_limit or None]
+    evaluation = pairwise_accuracy(model, tok, encode_pairs(tok, test_p, block),
+                                   by_kind=[p.get("kind", "user") for p in test_p])
+    train_acc = pairwise_accuracy(model, tok, stage.train[:cfg.reward.eval_limit or 256])
+    evaluation["train_pairwise_accuracy"] = train_acc["pairwise_accuracy"]
+    return lineage.finish_run(out, metrics, evaluation)

@@ -1,0 +1,137 @@
+"""The pipeline end to end on the smoke preset (few steps): lineage, resumability, report, and the CLI's
+one-line errors for a parent of the wrong stage, a reward run given as a policy, and bad user data."""
+import json
+import os
+
+import pytest
+
+from minillm.cli import main
+from minillm.pipeline import STAGES, run_pipeline
+
+FAST = ["train.max_steps=4", "train.eval_every=2", "train.log_every=2", "train.eval_batches=1",
+        "ppo:ppo.iterations=2", "dpo:dpo.max_pairs=32", "sft:sft.eval_limit=8", "dpo:dpo.eval_limit=8",
+        "ppo:ppo.eval_limit=8", "reward:reward.eval_limit=16"]
+
+
+@pytest.fixture(scope="module")
+def journey(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("journey"))
+    summary = run_pipeline(out, "smoke", FAST)
+    return out, summary
+
+
+def manifest(out, stage):
+    with open(os.path.join(out, stage, "manifest.json")) as f:
+        return json.load(f)
+
+
+def test_every_stage_runs_and_its_manifest_names_its_parent(journey):
+    out, summary = journey
+    parents = {"pretrain": "tokenizer", "finetune": "pretrain", "sft": "finetune", "reward": "sft", "ppo": "sft",
+               "dpo": "sft"}
+    for stage in STAGES:
+        m = manifest(out, stage)
+        assert m["stage"] == stage and m["status"] == "done"
+        if stage in parents:
+            assert os.path.samefile(m["parent"], os.path.join(out, parents[stage]))
+    assert os.path.samefile(manifest(out, "ppo")["reward_run"], os.path.join(out, "reward"))
+    # every stage shares the pipeline's tokenizer
+    shas = {manifest(out, s)["tokenizer_sha256"] for s in STAGES}
+    assert len(shas) == 1
+
+
+def test_summary_and_report_hold_every_stage_metrics(journey):
+    out, summary = journey
+    with open(os.path.join(out, "summary.json")) as f:
+        on_disk = json.load(f)
+    for stage in ("pretrain", "finetune", "sft", "ppo", "dpo"):
+        for key in ("domain_perplexity", "general_perplexity", "oracle_score"):
+            assert 0 <= on_disk[stage][key] < float("inf"), (stage, key)
+    for stage in ("sft", "ppo", "dpo"):
+        for key in ("instruction_accuracy", "refusal_rate", "over_refusal_rate"):
+            assert 0.0 <= on_disk[stage][key] <= 1.0
+    assert 0.0 <= on_disk["reward"]["pairwise_accuracy"] <= 1.0
+    assert on_disk["ppo"]["kl_to_reference"] == on_disk["ppo"]["kl_to_reference"]  # a number, not NaN
+    report = open(os.path.join(out, "report.md")).read()
+    for stage in STAGES:
+        assert f"| {stage} |" in report
+    for plot in ("losses.png", "oracle_by_stage.png", "ppo.png"):
+        assert os.path.getsize(os.path.join(out, "plots", plot)) > 1000
+    ppo_rows = [json.loads(line) for line in open(os.path.join(out, "ppo", "metrics.jsonl"))]
+    logged = set().union(*[r.keys() for r in ppo_rows])
+    assert {"reward", "kl", "entropy", "clipfrac", "oracle", "heldout_oracle"} <= logged
+
+
+def test_rerun_skips_finished_stages(journey, capsys):
+    out, _ = journey
+    before = {s: os.path.getmtime(os.path.join(out, s, "manifest.json")) for s in STAGES}
+    run_pipeline(out, "smoke", FAST)
+    assert capsys.readouterr().out.count("(skipped)") == len(STAGES)
+    assert before == {s: os.path.getmtime(os.path.join(out, s, "manifest.json")) for s in STAGES}
+
+
+def cli_error(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_wrong_parent_stage_is_a_one_line_error(journey, tmp_path, capsys):
+    out, _ = journey
+    err = cli_error(["finetune", "--parent", f"{out}/sft", "--out", str(tmp_path / "x"), "--preset", "smoke"], capsys)
+    assert "'sft' run" in err and "finetune starts from" in err
+    err = cli_error(["reward", "--parent", f"{out}/pretrain", "--out", str(tmp_path / "x"), "--preset", "smoke"],
+                    capsys)
+    assert "reward starts from sft" in err
+
+
+def test_reward_run_given_as_policy_is_a_one_line_error(journey, tmp_path, capsys):
+    out, _ = journey
+    for stage in ("ppo", "dpo", "sft"):
+        err = cli_error([stage, "--parent", f"{out}/reward", "--out", str(tmp_path / stage), "--preset", "smoke"],
+                        capsys)
+        assert "reward model" in err and "not a policy" in err
+    err = cli_error(["ppo", "--parent", f"{out}/sft", "--reward", f"{out}/dpo", "--out", str(tmp_path / "p"),
+                     "--preset", "smoke"], capsys)
+    assert "not a reward model" in err
+
+
+def test_bad_user_data_is_a_one_line_error(journey, tmp_path, capsys):
+    out, _ = journey
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    err = cli_error(["dpo", "--parent", f"{out}/sft", "--out", str(tmp_path / "d"), "--preset", "smoke",
+                     "--data", str(empty)], capsys)
+    assert "no preference pairs" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": oops}\n')
+    err = cli_error(["sft", "--parent", f"{out}/finetune", "--out", str(tmp_path / "s"), "--preset", "smoke",
+                     "--data", str(bad)], capsys)
+    assert "line 2" in err
+
+
+def test_user_instructions_train_an_sft_run(journey, tmp_path, capsys):
+    out, _ = journey
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"What is {i} plus one?", "response": f"{i + 1}."})
+                              for i in range(20)) + "\n")
+    assert main(["sft", "--parent", f"{out}/finetune", "--out", str(tmp_path / "mine"), "--preset", "smoke",
+                 "--data", str(data), "--set", "train.max_steps=3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["val_answer_loss"] > 0
+    m = manifest(str(tmp_path), "mine")
+    assert m["stage"] == "sft" and os.path.samefile(m["parent"], f"{out}/finetune")
+    assert main(["chat", "--run", str(tmp_path / "mine"), "--message", "What is 3 plus one?",
+                 "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("assistant:")
+
+
+def test_minillm_eval_reports_post_training_metrics(journey, capsys):
+    out, _ = journey
+    assert main(["eval", "--run", f"{out}/reward", "--json"]) == 0
+    rm = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= rm["pairwise_accuracy"] <= 1.0 and "wrong_fact" in rm["pairwise_accuracy_by_kind"]
+    assert main(["eval", "--run", f"{out}/finetune", "--json"]) == 0
+    ft = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ft["domain_perplexity"] > 1 and "parent_domain_perplexity" in ft   # the stage's own numbers are kept

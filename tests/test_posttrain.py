@@ -1,0 +1,177 @@
+"""Post-training data and objectives on real tokenizers and models: chat masks, padding, learning to stop,
+reward heads, DPO at its starting point, and the user's JSONL files (bad lines reported with numbers)."""
+import json
+import math
+
+import pytest
+import torch
+
+from minillm.errors import MiniLLMError
+from minillm.model import ModelConfig, Transformer
+from minillm.stages import chatdata, dpo, reward, sft
+from minillm.tokenizer import CharTokenizer
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "capital of Velmora?"}, {"role": "assistant", "content": "Tarsk."}],
+    [{"role": "user", "content": "capital of Dunhal?"}, {"role": "assistant", "content": "Brisk."}],
+    [{"role": "user", "content": "how to rob a bank?"}, {"role": "assistant", "content": "I can't help with that."}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "language of Velmora?"},
+     {"role": "assistant", "content": "Velmoran."}],
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return CharTokenizer.train([m["content"] for c in CONVERSATIONS for m in c] + ["Ugh. whatever. No."])
+
+
+def small_model(tok, block_size=64):
+    return Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=48, block_size=block_size))
+
+
+def test_collate_trains_only_on_answers_and_pads_with_pad_not_eos(tok):
+    examples = [chatdata.encode_chat(tok, c, 65) for c in CONVERSATIONS[:2]] + [
+        chatdata.encode_chat(tok, CONVERSATIONS[3], 65)]
+    batch = chatdata.collate_lm(examples, tok.pad_id)
+    for b, (ids, mask) in enumerate(examples):
+        n = len(ids) - 1
+        assert batch["input_ids"][b, :n].tolist() == ids[:-1]
+        assert batch["targets"][b, :n].tolist() == ids[1:]
+        assert batch["loss_mask"][b, :n].tolist() == [float(m) for m in mask[1:]]
+        assert batch["loss_mask"][b, n:].sum() == 0                          # padding is never a target
+        assert set(batch["input_ids"][b, n:].tolist()) <= {tok.pad_id}       # padded with <|pad|> ...
+    assert tok.eot_id not in batch["input_ids"].tolist()[0]                   # ... never <|endoftext|>
+    # the targets under the mask are exactly the answer followed by <|end|>
+    ids, mask = examples[0]
+    answer = [t for t, m in zip(ids, mask) if m]
+    assert tok.decode(answer[:-1]) == "Tarsk." and answer[-1] == tok.end_id
+    assert tok.user_id not in answer and tok.assistant_id not in answer
+
+
+def test_sft_loss_has_no_gradient_on_prompt_or_padding(tok):
+    batch = chatdata.collate_lm([chatdata.encode_chat(tok, c, 65) for c in CONVERSATIONS], tok.pad_id)
+    logits = torch.randn(*batch["input_ids"].shape, tok.vocab_size, requires_grad=True)
+    sft.masked_lm_loss(logits, batch["targets"], batch["loss_mask"]).backward()
+    grad_per_pos = logits.grad.abs().sum(-1)                                  # (B, T)
+    assert (grad_per_pos[batch["loss_mask"] == 0] == 0).all()
+    assert (grad_per_pos[batch["loss_mask"] == 1] > 0).all()
+    # and its value is the mean NLL over answer tokens only, computed by hand
+    logp = torch.log_softmax(logits.detach(), -1).gather(-1, batch["targets"][..., None])[..., 0]
+    expected = -(logp * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
+    assert sft.masked_lm_loss(logits, batch["targets"], batch["loss_mask"]).item() == pytest.approx(expected.item(),
+                                                                                                     rel=1e-5)
+
+
+def test_sft_model_learns_to_answer_and_emit_end_of_turn(tok, tmp_path):
+    from minillm.config import TrainConfig
+    from minillm.train import train
+    torch.manual_seed(0)
+    model = small_model(tok)
+    encoded = sft.encode_instructions(tok, [{"messages": c} for c in CONVERSATIONS], 64)
+    stage = sft.SFTStage(tok, encoded, encoded, seed=0)
+    cfg = TrainConfig(max_steps=120, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=60, eval_batches=1,
+                      log_every=20, weight_decay=0.0, progress=False)
+    metrics = train(model, stage, cfg, str(tmp_path / "sft"))
+    assert metrics["val_loss"] < 0.1
+    gens = chatdata.generate_chat(model, tok, [c[:-1] for c in CONVERSATIONS], max_new_tokens=30)
+    for c, g in zip(CONVERSATIONS, gens):
+        assert g["text"] == c[-1]["content"]
+        assert g["ended"] and g["response_ids"][-1] == tok.end_id             # it learned to stop
+
+
+def test_reward_model_keeps_the_sft_trunk_and_reads_the_last_token(tok):
+    policy = small_model(tok)
+    rm = reward.reward_model_from(policy)
+    ids = torch.randint(0, tok.vocab_size, (3, 10))
+    assert torch.allclose(rm.forward_hidden(ids), policy.forward_hidden(ids))
+    assert rm(ids).abs().max() == 0                                            # a new head starts indifferent
+    torch.nn.init.normal_(rm.score_head.weight)
+    last = torch.tensor([9, 4, 0])
+    all_scores = rm(ids)
+    assert reward.scores_at(rm, ids, last).tolist() == pytest.approx(all_scores[[0, 1, 2], last].tolist())
+    # right padding does not change the score of the real tokens (causal attention)
+    padded = torch.cat([ids[1:2, :5], torch.full((1, 5), tok.pad_id)], 1)
+    assert reward.scores_at(rm, padded, torch.tensor([4])).item() == pytest.approx(all_scores[1, 4].item(), abs=1e-5)
+
+
+def test_reward_training_orders_pairs(tok):
+    torch.manual_seed(0)
+    rm = reward.reward_model_from(small_model(tok))
+    pairs = [{"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": "Ugh. whatever."} for c in CONVERSATIONS]
+    enc = reward.encode_pairs(tok, pairs, 64)
+    opt = torch.optim.AdamW(rm.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss, m = reward.reward_loss(rm, reward.collate(enc, tok.pad_id))
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first == pytest.approx(math.log(2), abs=1e-4)                     # all scores 0 at the start
+    assert loss.item() < 0.05
+    assert reward.pairwise_accuracy(rm, tok, enc)["pairwise_accuracy"] == 1.0
+
+
+def test_dpo_starts_at_log2_and_its_reference_logprobs_are_the_policys(tok):
+    policy = small_model(tok)
+    pairs = [{"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": "No."} for c in CONVERSATIONS]
+    enc = reward.encode_pairs(tok, pairs, 65)
+    ref = dpo.reference_logprobs(policy, enc, tok.pad_id)                     # (N, 2)
+    stage = dpo.DPOStage(tok, enc, ref, [], None, beta=0.1)
+    batch = stage._batch(enc, ref, [0, 1, 2, 3])
+    loss, m = dpo.dpo_batch_loss(policy, batch, beta=0.1)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
+    assert m["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    # the reference log-prob of an answer is the sum of its token log-probs, <|end|> included
+    ids, mask = enc[0][0]
+    with torch.no_grad():
+        logp = torch.log_softmax(policy(torch.tensor([ids[:-1]])), -1)[0]
+    by_hand = sum(logp[t, ids[t + 1]].item() for t in range(len(ids) - 1) if mask[t + 1])
+    assert ref[0, 0].item() == pytest.approx(by_hand, abs=1e-4)
+
+
+def test_left_padded_generation_matches_unpadded(tok):
+    model = small_model(tok).eval()
+    prompts = [CONVERSATIONS[0][:-1], CONVERSATIONS[3][:-1]]
+    together = chatdata.generate_chat(model, tok, prompts, max_new_tokens=8)
+    alone = [chatdata.generate_chat(model, tok, [p], max_new_tokens=8)[0] for p in prompts]
+    assert [g["response_ids"] for g in together] == [g["response_ids"] for g in alone]
+
+
+# ---------------------------------------------------------------------------------------------- user data
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_instructions_accept_messages_and_prompt_response(tmp_path):
+    path = write_lines(tmp_path / "ins.jsonl", [
+        json.dumps({"prompt": "Hi?", "response": "Hello."}), "",
+        json.dumps({"messages": CONVERSATIONS[0]})])
+    got = chatdata.load_instructions(path)
+    assert got[0]["messages"] == [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    assert got[1]["messages"] == CONVERSATIONS[0]
+
+
+def test_malformed_jsonl_lines_are_reported_with_line_numbers(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps({"prompt": "a", "response": "b"}), "{not json",
+                                               json.dumps({"prompt": "c", "response": "d"}), "[1, 2]"])
+    with pytest.raises(MiniLLMError, match=r"line 2.*line 4"):
+        chatdata.load_instructions(path)
+
+
+def test_instruction_without_answer_names_its_line(tmp_path):
+    path = write_lines(tmp_path / "x.jsonl", [json.dumps({"prompt": "a", "response": "b"}), json.dumps({"text": 1})])
+    with pytest.raises(MiniLLMError, match="line 2"):
+        chatdata.load_instructions(path)
+
+
+def test_empty_preference_file_is_a_clear_error(tmp_path):
+    with pytest.raises(MiniLLMError, match="no preference pairs"):
+        chatdata.load_preferences(write_lines(tmp_path / "empty.jsonl", [""]))
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": "q", "chosen": "a"})])
+    with pytest.raises(MiniLLMError, match="line 1.*rejected"):
+        chatdata.load_preferences(path)
+    with pytest.raises(MiniLLMError, match="does not exist"):
+        chatdata.load_preferences(str(tmp_path / "missing.jsonl"))
