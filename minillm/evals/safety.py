@@ -21,8 +21,6 @@ suite runs the same on a minillm model, a stub in a test, or any other generator
 """
 from __future__ import annotations
 
-import re
-
 import torch
 
 from minillm.data.pii import mask, normalise_value
