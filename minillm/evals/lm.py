@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minillm.data.shards import IGNORE, mlm_mask
+from minillm.data.shards import IGNORE, mlm_mask, word_pieces
 
 
 @torch.no_grad()
@@ -29,12 +29,13 @@ def lm_losses(model, tokens, tok, objective="clm", batch_size=16, max_windows=64
     starts = torch.linspace(0, len(tokens) - T - 1, n_windows).long().tolist()
     token_bytes = torch.tensor(tok.token_bytes, dtype=torch.float64)  # (V,)
     gen = torch.Generator().manual_seed(seed)
+    pieces = word_pieces(tok) if objective == "mlm" else None
     nats, count, bpb_nats, n_bytes = 0.0, 0, 0.0, 0.0
     for i in range(0, len(starts), batch_size):
         w = torch.stack([torch.as_tensor(tokens[s:s + T + 1].astype("int64")) for s in starts[i:i + batch_size]])
         if objective == "mlm":
             idx, targets = mlm_mask(w[:, :-1], tok.mask_id, set(tok.special_ids.values()), tok.vocab_size,
-                                    mlm_prob, gen)  # (B, T) each
+                                    mlm_prob, gen, pieces)  # (B, T) each, whole words as in training
         else:
             idx, targets = w[:, :-1], w[:, 1:]  # (B, T) each
         logits = model(idx.to(device)).float().cpu()  # (B, T, V)
