@@ -7,7 +7,9 @@
 //
 // Unfused, each line is a separate sweep over the tensors: ~11 reads/writes of 4 bytes per parameter.
 // Fused, it is 4 reads (p, g, m, v) and 3 writes (p, m, v): 28 bytes per parameter, the memory roof.
-// The formula and the order of operations follow torch.optim.AdamW so results agree to rounding.
+// The formula follows torch.optim.AdamW, except that we multiply by 1/sqrt(1 - b2^t) where torch divides by
+// sqrt(1 - b2^t): one division fewer per element (divisions are what the core waits on once data is in
+// cache), at most an ulp of difference per step.
 // A chunk is a contiguous piece of one tensor; ops.cpp hands chunks of all tensors to the threads.
 #include "simd.h"
 
@@ -16,7 +18,7 @@ namespace mlk {
 template <typename T>
 MLK_INLINE void adamw_chunk(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t n,
                             T lr, T b1, T b2, T eps, T wd, T step_size, T bc2_sqrt) {
-  const T decay = T(1) - lr * wd, one_b1 = T(1) - b1, one_b2 = T(1) - b2;
+  const T decay = T(1) - lr * wd, one_b1 = T(1) - b1, one_b2 = T(1) - b2, inv_bc2 = T(1) / bc2_sqrt;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const T gi = g[i];
@@ -24,7 +26,7 @@ MLK_INLINE void adamw_chunk(T* __restrict p, const T* __restrict g, T* __restric
     const T vi = v[i] * b2 + one_b2 * gi * gi;
     m[i] = mi;
     v[i] = vi;
-    p[i] = p[i] * decay - step_size * (mi / (std::sqrt(vi) / bc2_sqrt + eps));
+    p[i] = p[i] * decay - step_size * (mi / (std::sqrt(vi) * inv_bc2 + eps));
   }
 }
 

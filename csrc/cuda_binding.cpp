@@ -115,6 +115,14 @@ void adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs
 
 }  // namespace
 
+#ifdef MINILLM_AOT_MODULE  // ahead-of-time build (setup.py): importing `minillm._C_cuda` loads the CUDA ops
+#include <Python.h>
+extern "C" PyObject* PyInit__C_cuda(void) {
+  static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C_cuda", "minillm CUDA kernels (ops in torch.ops.minillm)", -1};
+  return PyModule_Create(&def);
+}
+#endif
+
 TORCH_LIBRARY_IMPL(minillm, CUDA, m) {
   m.impl("softmax_fwd", &softmax_fwd);
   m.impl("softmax_fwd_out", &softmax_fwd_out);

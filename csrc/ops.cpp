@@ -177,6 +177,14 @@ void adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs
 
 }  // namespace
 
+#ifdef MINILLM_AOT_MODULE  // ahead-of-time build (setup.py): importing `minillm._C_cpu` loads the ops
+#include <Python.h>
+extern "C" PyObject* PyInit__C_cpu(void) {
+  static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C_cpu", "minillm C++ kernels (ops in torch.ops.minillm)", -1};
+  return PyModule_Create(&def);
+}
+#endif
+
 TORCH_LIBRARY(minillm, m) {
   m.def("softmax_fwd(Tensor x, float scale, bool causal) -> Tensor");
   m.def("softmax_fwd_out(Tensor x, float scale, bool causal, Tensor(a!) out) -> ()");

@@ -105,6 +105,24 @@ def test_cpp_ops_pass_torch_library_opcheck(cpp):
                           test_utils=("test_schema", "test_faketensor"))
 
 
+def test_torch_compile_traces_our_ops_in_one_graph_with_the_same_gradients(cpp):
+    def f(q, k, v, x):
+        return kernels.attention(q, k, v, True, backend=cpp).sum() + kernels.softmax(x, 0.5, True, backend=cpp).sum()
+
+    q, k, v = (torch.randn(1, 2, 9, 8, requires_grad=True) for _ in range(3))
+    x = torch.randn(2, 5, 5, requires_grad=True)
+    out = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v, x)  # fullgraph: no graph breaks allowed
+    out.backward()
+    compiled = [t.grad.clone() for t in (q, k, v, x)]
+    for t in (q, k, v, x):
+        t.grad = None
+    eager = f(q, k, v, x)
+    eager.backward()
+    torch.testing.assert_close(out, eager)
+    for a, t in zip(compiled, (q, k, v, x)):
+        torch.testing.assert_close(a, t.grad)
+
+
 def test_every_backend_matches_reference_on_a_causal_padded_batch(cpp):
     q, k, v = torch.randn(2, 2, 11, 16), torch.randn(2, 2, 11, 16), torch.randn(2, 2, 11, 16)
     kpm = torch.ones(2, 11, dtype=torch.bool)

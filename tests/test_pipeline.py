@@ -125,3 +125,13 @@ def test_user_instructions_train_an_sft_run(journey, tmp_path, capsys):
     assert main(["chat", "--run", str(tmp_path / "mine"), "--message", "What is 3 plus one?",
                  "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("assistant:")
+
+
+def test_minillm_eval_reports_post_training_metrics(journey, capsys):
+    out, _ = journey
+    assert main(["eval", "--run", f"{out}/reward", "--json"]) == 0
+    rm = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= rm["pairwise_accuracy"] <= 1.0 and "wrong_fact" in rm["pairwise_accuracy_by_kind"]
+    assert main(["eval", "--run", f"{out}/finetune", "--json"]) == 0
+    ft = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ft["domain_perplexity"] > 1 and "parent_domain_perplexity" in ft   # the stage's own numbers are kept

@@ -156,6 +156,11 @@ def candidates(rng, countries, continents, conditions, held_countries, held_cond
     return out
 
 
+def _key(item):
+    t = item["task"]
+    return tuple(t.get(k) for k in ("type", "entity", "relation", "continent", "n", "action"))
+
+
 def split_instructions(rng, items):
     """Label every item train / val / test / unused (see the module docstring). Returns the same list."""
     pools = {}
@@ -167,11 +172,18 @@ def split_instructions(rng, items):
             pools.setdefault(it["family"], []).append(it)
     for fam, pool in pools.items():
         rng.shuffle(pool)
-        n = TEST_CAPS[fam]
-        for it in pool[:n]:
-            it["split"] = "test"
-        for it in pool[n:n + n // 2]:
-            it["split"] = "val"
+        for split, n in (("test", TEST_CAPS[fam]), ("val", TEST_CAPS[fam] // 2)):
+            # one item per question (entity, relation) first, so a split covers many facts, not one in many wordings
+            free = [it for it in pool if it["split"] == "unused"]
+            seen, picked = set(), []
+            for it in free:
+                if _key(it) not in seen:
+                    seen.add(_key(it))
+                    picked.append(it)
+            chosen = {id(it) for it in picked}
+            picked += [it for it in free if id(it) not in chosen]
+            for it in picked[:n]:
+                it["split"] = split
     for i, it in enumerate(items):
         it["id"] = i
     return items

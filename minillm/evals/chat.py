@@ -118,6 +118,17 @@ def kl_to_reference(model, ref_model, tok, prompts, max_new_tokens: int = 32, se
 
 # ---------------------------------------------------------------------------------------------- `minillm eval`
 
+def _previous(run_dir):
+    """What the stage itself measured (eval.json), kept so that `minillm eval` refreshes rather than erases it."""
+    import json
+    import os
+    try:
+        with open(os.path.join(run_dir, "eval.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def _world(config):
     from minillm.data.world import World
     return World(seed=config.get("data", {}).get("world_seed", 0))
@@ -125,14 +136,15 @@ def _world(config):
 
 def eval_language_model(run_dir, model, tok, manifest, config):
     """finetune (and any LM): domain and general perplexity on the world's held-out documents."""
-    return lm_metrics(model, tok, _world(config))
+    return {**_previous(run_dir), **lm_metrics(model, tok, _world(config))}
 
 
 def eval_chat_model(run_dir, model, tok, manifest, config):
     """sft / ppo / dpo: the oracle's verdict on the held-out instructions, plus the perplexities."""
     from minillm.data.oracle import Oracle
     world = _world(config)
-    out = chat_metrics(model, tok, world, Oracle(world))
+    out = _previous(run_dir)
+    out.update(chat_metrics(model, tok, world, Oracle(world)))
     out.update(lm_metrics(model, tok, world))
     return out
 
@@ -141,8 +153,8 @@ def eval_reward_model(run_dir, model, tok, manifest, config):
     """reward: pairwise accuracy on the world's held-out preference pairs (overall and per kind of mistake)."""
     from minillm.stages.reward import encode_pairs, pairwise_accuracy
     pairs = _world(config).preference_pairs("test")
-    return pairwise_accuracy(model, tok, encode_pairs(tok, pairs, model.cfg.block_size),
-                             by_kind=[p.get("kind", "") for p in pairs])
+    return {**_previous(run_dir), **pairwise_accuracy(model, tok, encode_pairs(tok, pairs, model.cfg.block_size),
+                                                      by_kind=[p.get("kind", "") for p in pairs])}
 
 
 POST_EVALUATORS = {"finetune": eval_language_model, "sft": eval_chat_model, "ppo": eval_chat_model,

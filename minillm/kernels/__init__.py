@@ -19,16 +19,24 @@ from minillm.kernels import reference
 
 BACKENDS = ("auto", "reference", "torch", "cpp", "cuda")
 _warned = set()
+_available = {"reference": (True, "always available (plain PyTorch)"),
+              "torch": (True, "always available (plain PyTorch)")}
 
 
 def available(backend):
     """(ok, reason) for one backend on this machine; builds the extension the first time it is asked."""
-    if backend in ("reference", "torch"):
-        return True, "always available (plain PyTorch)"
+    if backend in _available:  # a plain dict lookup: torch.compile traces straight through it
+        return _available[backend]
     if backend not in ("cpp", "cuda"):
         raise MiniLLMError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    _available[backend] = _probe(backend)
+    return _available[backend]
+
+
+def _probe(backend):
+    import torch
     from minillm.kernels import cpp
-    return cpp.ensure("cuda" if backend == "cuda" else "cpu")
+    return torch.compiler.disable(cpp.ensure)("cuda" if backend == "cuda" else "cpu")
 
 
 def _fallback_note(backend, why, to):
@@ -108,7 +116,11 @@ def make_adamw(params, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, backen
     params = list(params)
     first = params[0]["params"][0] if params and isinstance(params[0], dict) else (params[0] if params else None)
     device = first.device.type if first is not None else "cpu"
-    backend = resolve(backend, device, first.dtype if first is not None else None)
+    requested, backend = backend, resolve(backend, device, first.dtype if first is not None else None)
+    if backend == "cuda" and first.dtype != torch.float32:  # our CUDA AdamW is fp32 only
+        if requested != "auto":
+            raise MiniLLMError(f"the cuda AdamW takes float32 parameters, got {first.dtype}; use backend='torch'")
+        backend = "reference"
     if backend == "reference":
         return reference.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if backend in ("cpp", "cuda"):

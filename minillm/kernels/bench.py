@@ -221,19 +221,21 @@ def plot(rows, path, title="speedup vs torch (higher is better)"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    def key(r):
+        shape = r["shape"].replace(": ", "\n").replace(", ", "\n").replace(" causal", "\ncausal")
+        return f"{r['op']}\n{shape}" + ("" if r["variant"] == "alloc" else f"\n({r['variant']})")
+
     keys = []
     for r in rows:
-        k = f"{r['op']}\n{r['shape']}" + ("" if r["variant"] == "alloc" else f"\n({r['variant']})")
-        if k not in keys:
-            keys.append(k)
+        if key(r) not in keys and r["speedup_vs_torch"]:
+            keys.append(key(r))
     backends = [b for b in ("reference", "torch", "cpp", "cuda") if any(r["backend"] == b for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(keys)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(keys)), 5))
     w = 0.8 / len(backends)
     for i, b in enumerate(backends):
         vals = []
         for k in keys:
-            m = [r["speedup_vs_torch"] for r in rows if r["backend"] == b and
-                 f"{r['op']}\n{r['shape']}" + ("" if r["variant"] == "alloc" else f"\n({r['variant']})") == k]
+            m = [r["speedup_vs_torch"] for r in rows if r["backend"] == b and key(r) == k]
             vals.append(m[0] if m and m[0] else 0)
         ax.bar([x + i * w for x in range(len(keys))], vals, w, label=b)
     ax.axhline(1.0, color="k", lw=0.8)

@@ -26,7 +26,7 @@ CPU_SOURCES = ["ops.cpp", "softmax.cpp", "attention.cpp", "adamw.cpp"]
 CUDA_SOURCES = ["cuda_binding.cpp", "softmax.cu", "attention.cu", "adamw.cu"]
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 NVCC_FLAGS = ["-O3", "--use_fast_math", "-gencode=arch=compute_80,code=sm_80",
-              "-gencode=arch=compute_90,code=sm_90"]
+              "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"]  # + PTX for newer GPUs
 
 _lock = threading.Lock()
 _state = {}  # name -> (ok: bool, reason: str)
@@ -80,6 +80,7 @@ def _load(name, verbose):
     except ImportError:
         return False, "the 'ninja' package is missing (pip install ninja)"
     from torch.utils.cpp_extension import load
+    _clear_stale_lock(build_dir() if name == "cpp" else os.path.join(build_dir(), "cuda"))
     try:
         kwargs = dict(name=f"minillm_{name}_ext", sources=srcs, extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
                       build_directory=build_dir(), is_python_module=False, verbose=verbose)
@@ -91,6 +92,17 @@ def _load(name, verbose):
         lines = [ln for ln in str(e).splitlines() if "error" in ln.lower()] or [type(e).__name__]
         return False, f"build failed: {lines[0].strip()[:200]} (build dir {build_dir()})"
     return True, f"JIT build in {build_dir()}"
+
+
+def _clear_stale_lock(d, max_age_s=900):
+    """torch's build lock file outlives a build that was killed, and then every later build waits forever."""
+    import time
+    lock = os.path.join(d, "lock")
+    try:
+        if time.time() - os.path.getmtime(lock) > max_age_s:
+            os.remove(lock)
+    except OSError:
+        pass
 
 
 def load_cuda(verbose=False):
@@ -111,11 +123,12 @@ def aot_extensions():
     """(ext_modules, cmdclass) for setup.py: the CPU kernels always, the CUDA ones when torch has CUDA."""
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
     rel = os.path.relpath(CSRC, os.getcwd())
+    aot = ["-DMINILLM_AOT_MODULE"]
     exts = [CppExtension("minillm._C_cpu", [os.path.join(rel, s) for s in CPU_SOURCES],
-                         extra_compile_args=CFLAGS, extra_link_args=["-fopenmp"])]
+                         extra_compile_args=CFLAGS + aot, extra_link_args=["-fopenmp"])]
     if torch.version.cuda is not None and CUDA_HOME is not None:
         exts.append(CUDAExtension("minillm._C_cuda", [os.path.join(rel, s) for s in CUDA_SOURCES],
-                                  extra_compile_args={"cxx": CFLAGS, "nvcc": NVCC_FLAGS}))
+                                  extra_compile_args={"cxx": CFLAGS + aot, "nvcc": NVCC_FLAGS}))
     return exts, {"build_ext": BuildExtension}
 
 

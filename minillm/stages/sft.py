@@ -76,11 +76,13 @@ class SFTConfig(RunConfig):
     sft: SFTSection = field(default_factory=SFTSection)
 
 
-# Constant-ish LR (short warmup, mild cosine); a smaller LR than pretraining, as finetuning always uses.
+# A smaller LR than pretraining and few epochs: on tiny, lr 1e-3 for 400 steps memorised the training entities
+# (held-out answer loss 1.27, held-out accuracy 0.54, refusals 0.80); 3e-4 for 250 steps keeps more of the base
+# model (answer loss 0.55, refusals 1.0).
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
-    "tiny": {"train": dict(max_steps=400, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=100, eval_batches=4,
+    "tiny": {"train": dict(max_steps=250, batch_size=32, lr=3e-4, warmup_steps=20, eval_every=50, eval_batches=4,
                            log_every=10, weight_decay=0.0, min_lr_ratio=0.1)},
     "small": {"train": dict(max_steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8, weight_decay=0.0)},
