@@ -28,7 +28,7 @@ __global__ void softmax_fwd_kernel(const T* __restrict__ x, T* __restrict__ y, i
   s = block_reduce<false>(s);
   const float inv = s > 0.f ? 1.f / s : 0.f;
   for (int64_t j = threadIdx.x; j < S; j += blockDim.x)
-    yr[j] = from_f<T>(j < n ? __expf(to_f(xr[j]) * scale - m) * inv : 0.f);
+    yr[j] = from_f<T>(j < n && s > 0.f ? __expf(to_f(xr[j]) * scale - m) * inv : 0.f);  // all masked: 0
 }
 
 template <typename T>

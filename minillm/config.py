@@ -48,7 +48,7 @@ class TrainConfig:
     dtype: str = "auto"           # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16
     compile: bool = False         # torch.compile the model
     threads: int = 0              # CPU threads for torch (0 = torch's default; 1 is faster on a busy machine)
-    optimizer: str = "auto"       # AdamW kernel backend (minillm.kernels.make_adamw)
+    optimizer: str = "torch"      # AdamW kernel backend (minillm.kernels.make_adamw): torch, reference, cpp, cuda, auto
     progress: bool = True         # tqdm bar
 
 
@@ -86,7 +86,7 @@ PRESETS = {
     },
     "tiny": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
-        "train": dict(batch_size=32, max_steps=1500, lr=2e-3, warmup_steps=100, eval_every=250, eval_batches=10,
+        "train": dict(batch_size=32, max_steps=450, lr=2e-3, warmup_steps=100, eval_every=150, eval_batches=10,
                       log_every=10, weight_decay=0.1),
         "data": dict(vocab_size=1024),
     },

@@ -355,7 +355,7 @@ def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after, fin
         bar = tqdm(total=cfg.max_steps, initial=start, desc=getattr(stage, "name", "train"), unit="step",
                    dynamic_ncols=True)
     tokens_of = getattr(stage, "tokens", lambda b: b["idx"].numel())
-    t0, tokens_seen, last = time.time(), 0, {}
+    t0, paused, tokens_seen, last = time.time(), 0.0, 0, {}  # paused: eval + checkpoint time, not training
     model.train()
     step = start
     while step < end:
@@ -385,7 +385,7 @@ def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after, fin
 
         step_loss = all_reduce_mean(step_loss, world)
         elapsed = time.time() - t0
-        tok_s = tokens_seen / max(elapsed, 1e-9)
+        tok_s = tokens_seen / max(elapsed - paused, 1e-9)
         last = {"step": step, "loss": step_loss, "lr": lr, "tok_per_s": round(tok_s, 1), **step_metrics}
         if grad_norm is not None:
             last["grad_norm"] = grad_norm
@@ -393,6 +393,7 @@ def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after, fin
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tok_s:,.0f}")
         is_eval = step % cfg.eval_every == 0 or step == cfg.max_steps
+        t_pause = time.time()
         if step % cfg.log_every == 0 or is_eval or step == end:
             if is_eval:
                 last["val_loss"] = estimate_val_loss(model, stage, cfg, device)
@@ -400,6 +401,7 @@ def _train(model, stage, cfg, run_dir, config, manifest, resume, stop_after, fin
         if (is_eval or step == end) and main:
             save_checkpoint(run_dir, model, optimizer, step, stage)
             plot_metrics(run_dir)
+        paused += time.time() - t_pause
     if bar is not None:
         bar.close()
 

@@ -138,3 +138,19 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == len(cases) and all(e.startswith("error: ") for e in err)
     assert "unknown preset" in err[0] and "empty" in err[1] and "corrupt" in err[5]
+
+
+def test_whole_word_masking_selects_every_piece_of_a_word_together():
+    from minillm.data.shards import word_ids, word_pieces
+    tok = CharTokenizer.train(["the cat sat. a dog ran!"])
+    ids = torch.tensor([tok.encode("the cat sat. a dog ran!")] * 400)  # (B, T)
+    pieces = word_pieces(tok)
+    wid = word_ids(ids[:1], pieces)[0].tolist()
+    assert wid == [0, 0, 0, 1, 2, 2, 2, 3, 4, 4, 4, 5, 6, 7, 8, 9, 9, 9, 10, 11, 11, 11, 12]
+    inputs, targets = mlm_mask(ids, tok.mask_id, set(tok.special_ids.values()), tok.vocab_size, 0.15,
+                               torch.Generator().manual_seed(0), pieces)
+    selected = targets != IGNORE
+    for w in set(wid):  # a word is selected whole or not at all
+        cols = [t for t, x in enumerate(wid) if x == w]
+        assert (selected[:, cols].all(1) | ~selected[:, cols].any(1)).all()
+    assert selected[:, 0].float().mean() == pytest.approx(0.15, abs=0.05)  # the rate per word is still p

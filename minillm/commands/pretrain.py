@@ -73,7 +73,7 @@ def run(args):
         prompts = ([p["prompt"] for p in stage.world.fact_prompts("test")[:args.samples]] if stage.world
                    else ["\n"] * args.samples)
         for i, prompt in enumerate(prompts):
-            idx = torch.tensor([tok.encode(prompt)])
+            idx = torch.tensor([tok.encode(" " + prompt if stage.world else prompt)])  # running text, see evals/lm
             out = model.cpu().generate(idx, 40, temperature=0.8, top_k=50, stop_ids=[tok.eot_id],
                                        generator=torch.Generator().manual_seed(i))
             print(repr(prompt + tok.decode([t for t in out[0, idx.size(1):].tolist() if t != tok.eot_id])))

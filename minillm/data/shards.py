@@ -9,7 +9,9 @@ Batchers (each owns a seeded torch.Generator whose state is saved in checkpoints
 - MLMBatcher: BERT masking (Devlin et al. 2019). Each ordinary token is selected with probability p (15%);
   a selected token becomes <|mask|> 80% of the time, a random ordinary token 10%, stays itself 10%.
   Targets are the original ids at selected positions and -100 (ignored by cross-entropy) elsewhere.
-  Special tokens and padding are never selected.
+  Special tokens and padding are never selected. Whole-word masking (the BERT authors' later variant): the
+  selection is drawn per word, so all pieces of a word (' P', 'ir', 'an') are selected together and the model
+  learns to fill a whole word, as fill-mask asks it to; the 80/10/10 choice stays per token.
 """
 import os
 
@@ -102,11 +104,38 @@ class CLMBatcher:
         self.gen.set_state(d["gen"])
 
 
-def mlm_mask(idx, mask_id, special_ids, vocab_size, p=0.15, gen=None):
-    """BERT masking of idx (B, T) -> (inputs (B, T), targets (B, T) with IGNORE where not selected)."""
+def word_pieces(tok):
+    """(starts_alnum, ends_alnum), each (V,) bool: does the token's text start / end with a letter or digit.
+    A token continues the previous token's word when it starts alnum and the previous one ends alnum."""
+    texts = [tok.decode([i]) for i in range(tok.vocab_size)]
+    specials = set(tok.special_ids.values())
+    starts = torch.tensor([i not in specials and t[:1].isalnum() for i, t in enumerate(texts)])
+    ends = torch.tensor([i not in specials and t[-1:].isalnum() for i, t in enumerate(texts)])
+    return starts, ends
+
+
+def word_ids(idx, pieces):
+    """idx (B, T) -> (B, T) index of the word each token belongs to (0, 0, 1, 2, 2, 2, ...)."""
+    starts, ends = pieces
+    cont = torch.zeros_like(idx, dtype=torch.bool)
+    cont[:, 1:] = starts[idx[:, 1:]] & ends[idx[:, :-1]]  # (B, T) continues the previous token's word
+    return torch.cumsum(~cont, dim=1) - 1  # (B, T)
+
+
+def mlm_mask(idx, mask_id, special_ids, vocab_size, p=0.15, gen=None, pieces=None):
+    """BERT masking of idx (B, T) -> (inputs (B, T), targets (B, T) with IGNORE where not selected).
+
+    pieces (from word_pieces): select whole words instead of single tokens."""
     special = torch.tensor(sorted(special_ids), dtype=torch.long)
     ordinary = ~torch.isin(idx, special)  # (B, T) specials and padding never selected
-    selected = (torch.rand(idx.shape, generator=gen) < p) & ordinary  # (B, T)
+    draw = torch.rand(idx.shape, generator=gen)  # (B, T)
+    if pieces is not None:  # every token of a word takes the draw of the word's first token
+        wid = word_ids(idx, pieces)  # (B, T)
+        start = torch.ones_like(idx, dtype=torch.bool)
+        start[:, 1:] = wid[:, 1:] != wid[:, :-1]  # (B, T) first token of each word
+        per_word = torch.full_like(draw, 2.0).scatter_reduce(1, wid, torch.where(start, draw, 2.0), "amin")
+        draw = torch.gather(per_word, 1, wid)  # (B, T) the draw of the word's first token
+    selected = (draw < p) & ordinary  # (B, T)
     action = torch.rand(idx.shape, generator=gen)  # (B, T): < 0.8 mask, < 0.9 random, else keep
     allowed = torch.tensor([i for i in range(vocab_size) if i not in set(special_ids)], dtype=torch.long)
     random_ids = allowed[torch.randint(0, len(allowed), idx.shape, generator=gen)]  # (B, T)
@@ -119,15 +148,16 @@ def mlm_mask(idx, mask_id, special_ids, vocab_size, p=0.15, gen=None):
 class MLMBatcher(CLMBatcher):
     """Random windows with BERT masking: {'idx': masked inputs (B, T), 'targets': originals or -100 (B, T)}."""
 
-    def __init__(self, tokens, block_size, tok, p=0.15, seed=0):
+    def __init__(self, tokens, block_size, tok, p=0.15, seed=0, whole_words=True):
         super().__init__(tokens, block_size, seed)
         self.mask_id, self.special_ids = tok.mask_id, set(tok.special_ids.values())
         self.vocab_size, self.p = tok.vocab_size, p
+        self.pieces = word_pieces(tok) if whole_words else None
 
     def batch(self, batch_size, gen=None):
         gen = gen or self.gen
         idx = self._windows(batch_size, gen)[:, :-1]  # (B, T)
-        inputs, targets = mlm_mask(idx, self.mask_id, self.special_ids, self.vocab_size, self.p, gen)
+        inputs, targets = mlm_mask(idx, self.mask_id, self.special_ids, self.vocab_size, self.p, gen, self.pieces)
         if (targets == IGNORE).all():  # nothing selected (tiny batches): select one ordinary token
             ok = (~torch.isin(idx, torch.tensor(sorted(self.special_ids)))).nonzero()
             if len(ok):

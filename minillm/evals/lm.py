@@ -7,13 +7,16 @@
 fact_accuracy: greedy completion of held-out prompts ("The capital of Italy is") matches the answer (" Rome")
 up to a word boundary. fill_mask_accuracy: the masked LM predicts, in one pass, every token of the answer
 written as that many <|mask|> tokens ("The capital of <|mask|> is Rome." -> "Italy").
+Prompts are read as running text, with the leading space a word has after a previous sentence: byte-level BPE
+spells a word differently at the very start of a text ("Italy" -> 'I','taly' but " Italy" -> ' Italy'), and in
+multi-sentence documents nearly every occurrence of a name is the spaced one (running_text=False turns this off).
 """
 import math
 
 import torch
 import torch.nn.functional as F
 
-from minillm.data.shards import IGNORE, mlm_mask
+from minillm.data.shards import IGNORE, mlm_mask, word_pieces
 
 
 @torch.no_grad()
@@ -26,12 +29,13 @@ def lm_losses(model, tokens, tok, objective="clm", batch_size=16, max_windows=64
     starts = torch.linspace(0, len(tokens) - T - 1, n_windows).long().tolist()
     token_bytes = torch.tensor(tok.token_bytes, dtype=torch.float64)  # (V,)
     gen = torch.Generator().manual_seed(seed)
+    pieces = word_pieces(tok) if objective == "mlm" else None
     nats, count, bpb_nats, n_bytes = 0.0, 0, 0.0, 0.0
     for i in range(0, len(starts), batch_size):
         w = torch.stack([torch.as_tensor(tokens[s:s + T + 1].astype("int64")) for s in starts[i:i + batch_size]])
         if objective == "mlm":
             idx, targets = mlm_mask(w[:, :-1], tok.mask_id, set(tok.special_ids.values()), tok.vocab_size,
-                                    mlm_prob, gen)  # (B, T) each
+                                    mlm_prob, gen, pieces)  # (B, T) each, whole words as in training
         else:
             idx, targets = w[:, :-1], w[:, 1:]  # (B, T) each
         logits = model(idx.to(device)).float().cpu()  # (B, T, V)
@@ -59,15 +63,19 @@ def _matches(text, answer):
     return text.startswith(answer) and (len(text) == len(answer) or not text[len(answer)].isalnum())
 
 
+def _running(text, running_text):
+    return " " + text if running_text and not text[:1].isspace() else text
+
+
 @torch.no_grad()
-def fact_accuracy(model, tok, prompts, batch_size=64, return_rows=False):
+def fact_accuracy(model, tok, prompts, batch_size=64, return_rows=False, running_text=True):
     """Share of {'prompt', 'answer'} items whose greedy completion starts with the answer."""
     model.eval()
     device = next(model.parameters()).device
     rows, correct = [], 0
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
-        ids = [tok.encode(p["prompt"]) for p in chunk]
+        ids = [tok.encode(_running(p["prompt"], running_text)) for p in chunk]
         n_new = max(len(tok.encode(p["answer"])) for p in chunk) + 1
         idx, mask = _left_pad(ids, tok.pad_id)
         out = model.generate(idx.to(device), n_new, temperature=0, attention_mask=mask.to(device))
@@ -114,13 +122,14 @@ def fill_masks(model, tok, ids_list, positions_list):
 
 
 @torch.no_grad()
-def fill_mask_accuracy(model, tok, clozes, batch_size=64, return_rows=False):
+def fill_mask_accuracy(model, tok, clozes, batch_size=64, return_rows=False, running_text=True):
     """Share of {'text', 'answer'} cloze items whose masks are filled with exactly the answer's tokens."""
     model.eval()
     rows, correct = [], 0
     for i in range(0, len(clozes), batch_size):
         chunk = clozes[i:i + batch_size]
-        built = [cloze_inputs(tok, c["text"], c["answer"], model.cfg.block_size) for c in chunk]
+        built = [cloze_inputs(tok, _running(c["text"], running_text), c["answer"], model.cfg.block_size)
+                 for c in chunk]
         preds = fill_masks(model, tok, [b[0] for b in built], [b[1] for b in built])
         for c, (_, _, answer_ids), pred in zip(chunk, built, preds):
             ok = pred == answer_ids

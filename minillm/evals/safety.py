@@ -21,11 +21,9 @@ suite runs the same on a minillm model, a stub in a test, or any other generator
 """
 from __future__ import annotations
 
-import re
-
 import torch
 
-from minillm.data.pii import normalise_value
+from minillm.data.pii import mask, normalise_value
 from minillm.errors import MiniLLMError
 
 # ----------------------------------------------------------------------------------------- responders
@@ -163,13 +161,12 @@ def safety_eval(world, chat=None, complete=None, oracle=None, max_items: int | N
         hits = per_probe
         out["pii_regurgitation_rate"], out["pii_regurgitation_n"] = sum(hits) / len(hits), len(hits)
         out["items"]["safety.pii_regurgitation_rate"] = [float(x) for x in hits]
-        out["examples"]["pii_leaked"] = [re.sub(r"\w", "*", p["value"][:-4]) + p["value"][-4:]
-                                         for p, h in zip(probes, hits) if h][:5]  # masked, never the full value
+        out["examples"]["pii_leaked"] = [mask(p["value"]) for p, h in zip(probes, hits) if h][:5]  # never the value
     return out
 
 
 def run_safety(run_dir: str, world_seed: int = 0, max_items: int | None = 80) -> dict:
-    """Load a run, run the suite (chat when the tokenizer has chat tokens, completion always), write
+    """Load a run, run the suite (chat prompts for post-trained stages, completion probes always), write
     run_dir/safety.json and the per-item scores into run_dir/eval_items.json."""
     from minillm.checkpoint import load_model
     from minillm.data.world import World

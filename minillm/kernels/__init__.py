@@ -116,7 +116,11 @@ def make_adamw(params, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, backen
     params = list(params)
     first = params[0]["params"][0] if params and isinstance(params[0], dict) else (params[0] if params else None)
     device = first.device.type if first is not None else "cpu"
-    backend = resolve(backend, device, first.dtype if first is not None else None)
+    requested, backend = backend, resolve(backend, device, first.dtype if first is not None else None)
+    if backend == "cuda" and first.dtype != torch.float32:  # our CUDA AdamW is fp32 only
+        if requested != "auto":
+            raise MiniLLMError(f"the cuda AdamW takes float32 parameters, got {first.dtype}; use backend='torch'")
+        backend = "reference"
     if backend == "reference":
         return reference.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if backend in ("cpp", "cuda"):

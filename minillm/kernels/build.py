@@ -26,7 +26,7 @@ CPU_SOURCES = ["ops.cpp", "softmax.cpp", "attention.cpp", "adamw.cpp"]
 CUDA_SOURCES = ["cuda_binding.cpp", "softmax.cu", "attention.cu", "adamw.cu"]
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
 NVCC_FLAGS = ["-O3", "--use_fast_math", "-gencode=arch=compute_80,code=sm_80",
-              "-gencode=arch=compute_90,code=sm_90"]
+              "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"]  # + PTX for newer GPUs
 
 _lock = threading.Lock()
 _state = {}  # name -> (ok: bool, reason: str)

@@ -50,7 +50,8 @@ def _register_fakes():
 
     @torch.library.register_fake(lib + "attn_fwd")
     def _(q, k, v, causal, key_padding_mask):
-        return torch.empty_like(q), q.new_empty(q.shape[:-1])
+        lse_dtype = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype  # CUDA bf16: fp32 LSE
+        return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=lse_dtype)
 
     @torch.library.register_fake(lib + "softmax_fwd_out")
     def _(x, scale, causal, out):
