@@ -13,10 +13,12 @@ def main(out_dir):
     with open(os.path.join(out_dir, "summary.json")) as f:
         s = json.load(f)
     times = s.get("_times_s", {})
+    # a resumed pipeline's "total" counts only its own invocation; the journey's cost is the sum of the stages
+    total = sum(v for k, v in times.items() if k != "total")
     ft, sft, rm, ppo, dpo = (s.get(k, {}) for k in ("finetune", "sft", "reward", "ppo", "dpo"))
     nan = float("nan")
     rows = [
-        ("whole pipeline (s)", "<= 600", times.get("total", nan), times.get("total", nan) <= 600),
+        ("whole pipeline (s, sum of stages)", "<= 600", total, total <= 600),
         ("finetune: domain perplexity change", "<= -30%", ft.get("domain_perplexity_change", nan),
          ft.get("domain_perplexity_change", 0) <= -0.30),
         ("finetune: general perplexity change (forgetting)", "(reported)", ft.get("general_perplexity_change", nan), None),
