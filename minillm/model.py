@@ -6,7 +6,7 @@
     logits = Norm(x_L) E^T                                             LM head tied to the embedding
 
 Attention: softmax(q k^T / sqrt(d) + mask) v per head, computed by `minillm.kernels.attention` so that the
-backend (reference / torch / cpp / cuda) is a config switch. RoPE rotates each (even, odd) half-pair of q and k
+backend (reference / torch / cpp / cuda) is a config switch. RoPE rotates each pair (x_i, x_{i+d/2}) of q and k
 by the angle pos * theta^(-2i/d), so q.k depends only on the relative position.
 RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g.   SwiGLU(x) = W2 (silu(W1 x) * W3 x);  GELU MLP: W2 gelu(W1 x).
 Init (GPT-2): N(0, 0.02) everywhere, residual output projections N(0, 0.02 / sqrt(2 n_layer)).
@@ -42,6 +42,7 @@ class ModelConfig:
     mlp: str = "swiglu"        # "swiglu" | "gelu"
     causal: bool = True        # False: bidirectional encoder (masked LM)
     attention: str = "torch"   # kernel backend for attention
+    softmax: str = "none"      # "none": the fused attention kernel; a backend name: q k^T -> kernels.softmax -> @ v
     head: str = "lm"           # "lm" (logits over the vocabulary) | "scalar" (one number per position)
     rope_theta: float = 10000.0
 
@@ -108,6 +109,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_head, self.causal, self.backend = cfg.n_head, cfg.causal, cfg.attention
+        self.softmax = getattr(cfg, "softmax", "none")
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.c_proj.residual = True  # scaled init
@@ -124,8 +126,16 @@ class CausalSelfAttention(nn.Module):
                 k = torch.cat([cache.k[layer], k], dim=2)  # (B, H, Tk, D)
                 v = torch.cat([cache.v[layer], v], dim=2)
             cache.k[layer], cache.v[layer] = k, v
-        y = kernels.attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
-                              backend=self.backend)  # (B, H, T, D)
+        if self.softmax == "none":  # one fused kernel (flash-style or SDPA)
+            y = kernels.attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
+                                  backend=self.backend)  # (B, H, T, D)
+        else:  # unfused: scores, then scale + causal mask + softmax in one softmax kernel, then the weighted sum
+            att = q @ k.transpose(-2, -1)  # (B, H, T, Tk)
+            if key_padding_mask is not None:
+                att = att.masked_fill(~key_padding_mask[:, None, None, :].bool(), float("-inf"))
+            att = kernels.softmax(att, scale=1.0 / math.sqrt(q.shape[-1]), causal=self.causal,
+                                  backend=self.softmax)  # (B, H, T, Tk)
+            y = att @ v  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C) heads side by side again
         return self.resid_dropout(self.c_proj(y))
 

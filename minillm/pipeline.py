@@ -188,13 +188,12 @@ def _fmt(v):
 
 def plot_summary(out_dir, summary):
     """DIR/plots/losses.png (every stage's training loss) and DIR/plots/oracle_by_stage.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
 
     from minillm.train import read_metrics
     os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
-    fig, axes = plt.subplots(1, 5, figsize=(18, 3.2))
+    fig = Figure(figsize=(18, 3.2))
+    axes = fig.subplots(1, 5)
     for ax, name in zip(axes, ("pretrain", "finetune", "sft", "reward", "dpo")):
         rows = read_metrics(os.path.join(out_dir, name, "metrics.jsonl"))
         for key in ("loss", "val_loss"):
@@ -206,16 +205,15 @@ def plot_summary(out_dir, summary):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.savefig(os.path.join(out_dir, "plots", "losses.png"), dpi=90, bbox_inches="tight")
-    plt.close(fig)
     names = [n for n in STAGES if "oracle_score" in summary.get(n, {})]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
     ax.bar(names, [summary[n]["oracle_score"] for n in names], color="tab:blue")
     ax.set_ylabel("held-out oracle score")
     ax.set_ylim(0, 1)
     for i, n in enumerate(names):
         ax.text(i, summary[n]["oracle_score"] + 0.02, f"{summary[n]['oracle_score']:.2f}", ha="center")
     fig.savefig(os.path.join(out_dir, "plots", "oracle_by_stage.png"), dpi=90, bbox_inches="tight")
-    plt.close(fig)
     ppo_plot = os.path.join(out_dir, "ppo", "plots", "ppo.png")
     if os.path.exists(ppo_plot):
         shutil.copyfile(ppo_plot, os.path.join(out_dir, "plots", "ppo.png"))

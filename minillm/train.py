@@ -161,10 +161,9 @@ def plot_metrics(run_dir, keys=("loss", "val_loss"), name="loss.png"):
     rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     if not rows:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
@@ -176,7 +175,6 @@ def plot_metrics(run_dir, keys=("loss", "val_loss"), name="loss.png"):
     os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
     path = os.path.join(run_dir, "plots", name)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

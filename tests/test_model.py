@@ -47,6 +47,21 @@ def test_reference_and_torch_attention_give_the_same_logits():
     torch.testing.assert_close(a(idx, mask), b(idx, mask), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("softmax", ["reference", "torch"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_unfused_attention_through_a_softmax_backend_equals_the_fused_kernel(softmax, causal):
+    torch.manual_seed(2)
+    a = tiny(causal=causal)
+    b = tiny(causal=causal, softmax=softmax)
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, 61, (3, 20))
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, 15:] = False
+    torch.testing.assert_close(a(idx, mask)[mask], b(idx, mask)[mask], atol=1e-5, rtol=1e-4)
+    prompt = idx[:1, :5]
+    assert a.generate(prompt, 8, temperature=0.0).tolist() == b.generate(prompt, 8, temperature=0.0).tolist()
+
+
 @pytest.mark.parametrize("kw", VARIANTS)
 def test_kv_cache_logits_match_a_full_forward(kw):
     from minillm.model import KVCache

@@ -19,7 +19,10 @@ def register(sub):
     p.add_argument("--max-steps", type=int, help="optimizer steps (train.max_steps)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--seed", type=int, help="random seed (train.seed)")
-    p.add_argument("--attention", help="attention kernel backend (model.attention): reference, torch, ...")
+    p.add_argument("--attention", help="attention kernel backend (model.attention): reference, torch, cpp, cuda, auto")
+    p.add_argument("--softmax", help="compute attention unfused with this softmax backend (model.softmax): "
+                   "reference, torch, cpp, cuda, auto; default none = the fused attention kernel")
+    p.add_argument("--optimizer", help="AdamW kernel backend (train.optimizer): reference, torch, cpp, cuda, auto")
     p.add_argument("--config", help="a .toml or .json config file (layered over the preset)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config field; repeatable")
@@ -32,6 +35,7 @@ def register(sub):
 def flag_overrides(args):
     flags = {"objective": args.objective, "data.source": args.data, "data.tokenizer": args.tokenizer,
              "train.max_steps": args.max_steps, "train.seed": args.seed, "model.attention": args.attention,
+             "model.softmax": args.softmax, "train.optimizer": args.optimizer,
              "data.allow_leakage": "true" if getattr(args, "allow_leakage", False) else None}
     return [f"{k}={v}" for k, v in flags.items() if v is not None]
 

@@ -218,9 +218,7 @@ def plot(rows, path, title="speedup vs torch (higher is better)"):
     import os
     import tempfile
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
     def key(r):
         shape = r["shape"].replace(": ", "\n").replace(", ", "\n").replace(" causal", "\ncausal")
         return f"{r['op']}\n{shape}" + ("" if r["variant"] == "alloc" else f"\n({r['variant']})")
@@ -230,7 +228,8 @@ def plot(rows, path, title="speedup vs torch (higher is better)"):
         if key(r) not in keys and r["speedup_vs_torch"]:
             keys.append(key(r))
     backends = [b for b in ("reference", "torch", "cpp", "cuda") if any(r["backend"] == b for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(keys)), 5))
+    fig = Figure(figsize=(max(8, 1.1 * len(keys)), 5))
+    ax = fig.subplots()
     w = 0.8 / len(backends)
     for i, b in enumerate(backends):
         vals = []
@@ -250,5 +249,4 @@ def plot(rows, path, title="speedup vs torch (higher is better)"):
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=d)
     os.close(fd)
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, path)

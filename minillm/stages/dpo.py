@@ -74,7 +74,7 @@ DEFAULTS = {
 }
 
 
-class DPOStage:
+class DPOStage(lineage.SampledStage):
     """DPO on preference pairs against precomputed reference log-probs, for train.train()."""
     name = "dpo"
 
@@ -98,15 +98,6 @@ class DPOStage:
 
     def loss(self, model, batch):
         return dpo_batch_loss(model, batch, self.beta)
-
-    def tokens(self, batch):
-        return int(batch["input_ids"].numel())
-
-    def state_dict(self):
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, d):
-        self.sampler.load_state_dict(d)
 
 
 @torch.no_grad()

@@ -108,3 +108,23 @@ class Sampler:
 
     def load_state_dict(self, d):
         self.g.set_state(d["rng"])
+
+
+class SampledStage:
+    """What the chat stages share: a Sampler over their examples (its state is the stage's resume state),
+    the batch's token count for tokens/s, and an optional evaluate(model) run once at the end."""
+
+    sampler: Sampler
+    _evaluate = None
+
+    def tokens(self, batch):
+        return int(batch["input_ids"].numel())
+
+    def state_dict(self):
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, d):
+        self.sampler.load_state_dict(d)
+
+    def evaluate(self, model):
+        return self._evaluate(model) if self._evaluate else {}

@@ -209,10 +209,9 @@ def load_reward_model(reward_run, tok):
 
 def plot_ppo(run_dir, rows):
     """reward, KL and oracle score over PPO iterations -> run_dir/plots/ppo.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3)
     for ax, keys, title in zip(axes, [("reward",), ("kl",), ("oracle", "heldout_oracle")],
                                ["reward-model score", "KL(π || π_ref) per answer", "oracle score"]):
         for k in keys:
@@ -226,7 +225,6 @@ def plot_ppo(run_dir, rows):
     os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
     path = os.path.join(run_dir, "plots", "ppo.png")
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

@@ -102,7 +102,7 @@ def encode_pairs(tok, pairs, max_tokens):
     return [chatdata.encode_pair(tok, p, max_tokens) for p in pairs]
 
 
-class RewardStage:
+class RewardStage(lineage.SampledStage):
     """Bradley–Terry on preference pairs, for train.train()."""
     name = "reward"
 
@@ -121,18 +121,6 @@ class RewardStage:
 
     def loss(self, model, batch):
         return reward_loss(model, batch, self.margin)
-
-    def tokens(self, batch):
-        return int(batch["input_ids"].numel())
-
-    def state_dict(self):
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, d):
-        self.sampler.load_state_dict(d)
-
-    def evaluate(self, model):
-        return self._evaluate(model) if self._evaluate else {}
 
 
 def preference_data(path, world):

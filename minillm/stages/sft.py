@@ -89,7 +89,7 @@ DEFAULTS = {
 }
 
 
-class SFTStage:
+class SFTStage(lineage.SampledStage):
     """The SFT objective for train.train(): seeded batches of chat examples, loss on the answer only."""
     name = "sft"
 
@@ -109,18 +109,6 @@ class SFTStage:
 
     def loss(self, model, batch):
         return sft_loss(model, batch)
-
-    def tokens(self, batch):
-        return int(batch["input_ids"].numel())
-
-    def state_dict(self):
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, d):
-        self.sampler.load_state_dict(d)
-
-    def evaluate(self, model):
-        return self._evaluate(model) if self._evaluate else {}
 
 
 def instruction_data(tok, cfg, world):
