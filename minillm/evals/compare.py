@@ -16,13 +16,13 @@ scores only the tolerance applies (relative, with an absolute floor for metrics 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
 
 from minillm.errors import MiniLLMError
+from minillm.evals.report import read_json_or_none
 
 LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "bpb", "bits_per_byte", "over_refusal", "regurgitation",
                    "contamination", "time", "seconds", "memory", "bytes", "flops", "drop", "kl")
@@ -52,27 +52,19 @@ def flatten(obj, prefix="") -> dict[str, float]:
     return out
 
 
-def _read(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def run_metrics(run_dir: str) -> tuple[dict[str, float], dict[str, list[float]]]:
     """(metrics, per-item scores) of a run directory: manifest metrics + eval/safety/robustness/cost files."""
     if not os.path.isdir(run_dir):
         raise MiniLLMError(f"run directory {run_dir} does not exist")
     metrics = {}
-    manifest = _read(os.path.join(run_dir, "manifest.json")) or {}
+    manifest = read_json_or_none(os.path.join(run_dir, "manifest.json")) or {}
     metrics.update(flatten(manifest.get("metrics") or {}, ""))
     for name in RESULT_FILES:
-        data = _read(os.path.join(run_dir, name))
+        data = read_json_or_none(os.path.join(run_dir, name))
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if k not in ("items", "config", "examples")}
             metrics.update(flatten(data, name.split(".")[0] + "."))
-    items = _read(os.path.join(run_dir, "eval_items.json")) or {}
+    items = read_json_or_none(os.path.join(run_dir, "eval_items.json")) or {}
     items = {k: [float(x) for x in v] for k, v in items.items() if isinstance(v, list)}
     if not metrics:
         raise MiniLLMError(f"{run_dir} has no metrics (manifest.json / eval.json); is it a finished minillm run?")

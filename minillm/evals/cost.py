@@ -18,6 +18,7 @@ import json
 import os
 
 from minillm.errors import MiniLLMError
+from minillm.evals.report import read_json_or_none
 
 # Names the training loop may use for the same quantity; the first one present wins.
 KEYS = {
@@ -28,14 +29,6 @@ KEYS = {
     "params": ("params", "num_params", "n_params", "non_embedding_params"),
     "flops_per_token": ("flops_per_token",),
 }
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _last_metrics(run_dir):
@@ -66,7 +59,7 @@ def _pick(sources, key):
 def _model_counts(run_dir):
     """(params, flops_per_token) of the run's model from its config.json, built on the 'meta' device
     (shapes only, no memory, no weights read); (None, None) when there is no model config."""
-    cfg = _read_json(os.path.join(run_dir, "config.json")) or {}
+    cfg = read_json_or_none(os.path.join(run_dir, "config.json")) or {}
     if not isinstance(cfg.get("model"), dict):
         return None, None
     try:
@@ -82,7 +75,7 @@ def _model_counts(run_dir):
 
 def stage_cost(run_dir: str) -> dict:
     """{"run", "stage", "wall_time_s", "tokens", "tokens_per_s", "params", "flops", "peak_memory_mb"} of one run."""
-    manifest = _read_json(os.path.join(run_dir, "manifest.json"))
+    manifest = read_json_or_none(os.path.join(run_dir, "manifest.json"))
     if manifest is None:
         raise MiniLLMError(f"{run_dir}/manifest.json is missing; is it a minillm run directory?")
     m = manifest.get("metrics") or {}
@@ -111,7 +104,7 @@ def lineage(run_dir: str, max_depth: int = 32) -> list[str]:
     chain, cur = [], os.path.abspath(run_dir)
     while cur and len(chain) < max_depth:
         chain.append(cur)
-        manifest = _read_json(os.path.join(cur, "manifest.json")) or {}
+        manifest = read_json_or_none(os.path.join(cur, "manifest.json")) or {}
         parent = manifest.get("parent")
         if isinstance(parent, dict):
             parent = parent.get("run_dir") or parent.get("path")

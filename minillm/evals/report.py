@@ -11,7 +11,8 @@ import json
 import os
 
 
-def _read(path):
+def read_json_or_none(path):
+    """A JSON file's content, or None when it is missing or not valid JSON (reports show what exists)."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -83,7 +84,7 @@ def render_lineage(run_dir: str) -> str:
     chain = lineage(run_dir)
     nodes = []
     for i, r in enumerate(chain):
-        m = _read(os.path.join(r, "manifest.json")) or {}
+        m = read_json_or_none(os.path.join(r, "manifest.json")) or {}
         sha = (m.get("data_sha256") or "")[:8]
         nodes.append((f"n{i}", f"{m.get('stage', '?')}: {os.path.basename(r)}" + (f" (data {sha})" if sha else "")))
     lines = ["## Lineage", "", "```mermaid", "graph LR"]
@@ -96,10 +97,10 @@ def render_lineage(run_dir: str) -> str:
 def render_sections(run_dir: str, hygiene: dict | None = None) -> str:
     """Every section for report.md of a (final) run: hygiene (given, or run_dir/hygiene.json), safety,
     robustness, cost, lineage."""
-    hygiene = hygiene if hygiene is not None else _read(os.path.join(run_dir, "hygiene.json"))
+    hygiene = hygiene if hygiene is not None else read_json_or_none(os.path.join(run_dir, "hygiene.json"))
     return "\n".join([render_hygiene(hygiene) if hygiene else "",
-                      render_safety(_read(os.path.join(run_dir, "safety.json"))),
-                      render_robustness(_read(os.path.join(run_dir, "robustness.json"))),
+                      render_safety(read_json_or_none(os.path.join(run_dir, "safety.json"))),
+                      render_robustness(read_json_or_none(os.path.join(run_dir, "robustness.json"))),
                       render_cost(run_dir), render_lineage(run_dir)]).lstrip()
 
 
@@ -108,7 +109,7 @@ def _data_lines(run_dir: str) -> list[str]:
     from minillm.evals.cost import lineage
     lines = []
     for r in lineage(run_dir):
-        m = _read(os.path.join(r, "manifest.json")) or {}
+        m = read_json_or_none(os.path.join(r, "manifest.json")) or {}
         name = f"{m.get('stage')} ({os.path.basename(r)})"
         h, leak = m.get("hygiene"), m.get("leakage")
         if h:
@@ -125,10 +126,10 @@ def _data_lines(run_dir: str) -> list[str]:
 def render_model_card(run_dir: str, manifest: dict, release_info: dict) -> str:
     """MODEL_CARD.md: intended use, data, evaluations, safety results, limitations, provenance."""
     from minillm.evals.compare import NOT_COMPARED, flatten
-    cfg = manifest.get("config") or _read(os.path.join(run_dir, "config.json")) or {}
+    cfg = manifest.get("config") or read_json_or_none(os.path.join(run_dir, "config.json")) or {}
     model_cfg = cfg.get("model", {}) if isinstance(cfg, dict) else {}
     evals = flatten(manifest.get("metrics") or {})
-    evals.update(flatten(_read(os.path.join(run_dir, "eval.json")) or {}))
+    evals.update(flatten(read_json_or_none(os.path.join(run_dir, "eval.json")) or {}))
     cost_keys = ("tok_per_s", "train_time_s", "peak_memory_bytes", "loss")
     evals = {k: v for k, v in evals.items() if k not in cost_keys and not any(
         k.rsplit(".", 1)[-1].startswith(p) for p in NOT_COMPARED)}
@@ -144,8 +145,8 @@ def render_model_card(run_dir: str, manifest: dict, release_info: dict) -> str:
              f"seed {manifest.get('seed')}.", ""] + _data_lines(run_dir) + [
              "", "## Evaluations", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in sorted(evals.items())] or ["| (none recorded) | |"]
-    lines += ["", render_safety(_read(os.path.join(run_dir, "safety.json"))),
-              render_robustness(_read(os.path.join(run_dir, "robustness.json"))),
+    lines += ["", render_safety(read_json_or_none(os.path.join(run_dir, "safety.json"))),
+              render_robustness(read_json_or_none(os.path.join(run_dir, "robustness.json"))),
               "## Release gate", "",
               f"Passed: **{release_info['gate_passed']}**" + ("; **released with --force**" if release_info["forced"]
                                                               else "") + ".", ""]
@@ -168,7 +169,7 @@ def pipeline_sections(out_dir: str, chat_stages=("dpo", "ppo", "sft"), world_see
     """The trust sections of a pipeline's report.md: hygiene (out_dir/hygiene/hygiene.json), then safety and
     robustness of the last chat model (computed once, cached in its run dir), cost along its lineage and the
     lineage graph. Small item limits keep it to a minute on a laptop."""
-    hygiene = _read(os.path.join(out_dir, "hygiene", "hygiene.json"))
+    hygiene = read_json_or_none(os.path.join(out_dir, "hygiene", "hygiene.json"))
     final = next((os.path.join(out_dir, s) for s in chat_stages
                   if os.path.isfile(os.path.join(out_dir, s, "model.safetensors"))), None)
     if final is None:  # stopped before a chat model (--until): hygiene, then cost and lineage of the last LM
