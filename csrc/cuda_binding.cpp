@@ -87,28 +87,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& q, con
   return {dq, dk, dv};
 }
 
-void adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-            at::TensorList steps, double lr, double beta1, double beta2, double eps, double weight_decay) {
-  const size_t n = params.size();
-  std::vector<float*> p(n), m(n), v(n);
-  std::vector<const float*> g(n);
-  std::vector<int64_t> numel(n);
-  std::vector<float> step_size(n), bc2_sqrt(n);
-  for (size_t t = 0; t < n; ++t) {
-    for (const at::Tensor* x : {&params[t], &grads[t], &exp_avgs[t], &exp_avg_sqs[t]})
-      TORCH_CHECK(x->is_cuda() && x->is_contiguous() && x->scalar_type() == at::kFloat,
-                  "cuda adamw_: contiguous float32 CUDA tensors only");
-    TORCH_CHECK(steps[t].device().is_cpu() && steps[t].scalar_type() == at::kFloat, "step: float32 CPU scalar");
-    float* st = steps[t].data_ptr<float>();
-    *st += 1.0f;
-    step_size[t] = (float)(lr / (1.0 - std::pow(beta1, (double)*st)));
-    bc2_sqrt[t] = (float)std::sqrt(1.0 - std::pow(beta2, (double)*st));
-    p[t] = params[t].data_ptr<float>(), g[t] = grads[t].data_ptr<float>();
-    m[t] = exp_avgs[t].data_ptr<float>(), v[t] = exp_avg_sqs[t].data_ptr<float>();
-    numel[t] = params[t].numel();
+// Same contract as the CPU adamw_ in ops.cpp: p and g as lists, the group's exp_avg / exp_avg_sq flat with
+// parameter t's slot at off_t (slots rounded up to 16 elements), steps one float32 per parameter on the CPU.
+void adamw_(at::TensorList params, const c10::List<c10::optional<at::Tensor>>& grads, at::Tensor exp_avg,
+            at::Tensor exp_avg_sq, at::Tensor steps, double lr, double beta1, double beta2, double eps,
+            double weight_decay) {
+  TORCH_CHECK(grads.size() == params.size() && steps.numel() == (int64_t)params.size(),
+              "cuda adamw_: params, grads and steps differ in length");
+  for (const at::Tensor* x : {&exp_avg, &exp_avg_sq})
+    TORCH_CHECK(x->is_cuda() && x->is_contiguous() && x->scalar_type() == at::kFloat && x->numel() == exp_avg.numel(),
+                "cuda adamw_: exp_avg and exp_avg_sq must be contiguous float32 CUDA buffers of one size");
+  TORCH_CHECK(steps.device().is_cpu() && steps.scalar_type() == at::kFloat && steps.is_contiguous(),
+              "cuda adamw_: steps must be a contiguous float32 CPU tensor");
+  std::vector<float*> p, m, v;
+  std::vector<const float*> g;
+  std::vector<int64_t> numel;
+  std::vector<float> step_size, bc2_sqrt;
+  float *m0 = exp_avg.data_ptr<float>(), *v0 = exp_avg_sq.data_ptr<float>(), *st = steps.data_ptr<float>();
+  int64_t off = 0;
+  for (size_t t = 0; t < params.size(); ++t) {
+    const int64_t n = params[t].numel();
+    TORCH_CHECK(off + n <= exp_avg.numel(), "cuda adamw_: the state buffers are smaller than the parameters");
+    const c10::optional<at::Tensor> gt = grads[t];
+    if (gt.has_value() && gt->defined()) {
+      for (const at::Tensor* x : {&params[t], &*gt})
+        TORCH_CHECK(x->is_cuda() && x->is_contiguous() && x->scalar_type() == at::kFloat && x->numel() == n,
+                    "cuda adamw_: contiguous float32 CUDA parameters and grads only");
+      st[t] += 1.0f;
+      step_size.push_back((float)(lr / (1.0 - std::pow(beta1, (double)st[t]))));
+      bc2_sqrt.push_back((float)std::sqrt(1.0 - std::pow(beta2, (double)st[t])));
+      p.push_back(params[t].data_ptr<float>()), g.push_back(gt->data_ptr<float>());
+      m.push_back(m0 + off), v.push_back(v0 + off), numel.push_back(n);
+    }
+    off += (n + 15) / 16 * 16;
   }
-  check(mlk_adamw(p.data(), g.data(), m.data(), v.data(), numel.data(), step_size.data(), bc2_sqrt.data(), (int)n,
-                  (float)lr, (float)beta1, (float)beta2, (float)eps, (float)weight_decay,
+  if (p.empty()) return;
+  check(mlk_adamw(p.data(), g.data(), m.data(), v.data(), numel.data(), step_size.data(), bc2_sqrt.data(),
+                  (int)p.size(), (float)lr, (float)beta1, (float)beta2, (float)eps, (float)weight_decay,
                   c10::cuda::getCurrentCUDAStream()),
         "adamw_");
 }

@@ -22,4 +22,5 @@ int64_t attn_num_q_tiles(int64_t Tq);
 void adamw_kernel(float*, const float*, float*, float*, int64_t, float, float, float, float, float, float, float);
 void adamw_kernel(double*, const double*, double*, double*, int64_t, double, double, double, double, double, double,
                double);
+void stream_kernel(float*, const float*, float*, float*, int64_t);
 }  // namespace mlk

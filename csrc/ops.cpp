@@ -122,56 +122,118 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& q, con
   return {dq, dk, dv};
 }
 
-// One fused AdamW step over every tensor in the lists: steps are incremented here, bias corrections are per
-// tensor (as in torch), and the work is cut into chunks of at most 32K elements spread across threads.
-void adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-            at::TensorList steps, double lr, double beta1, double beta2, double eps, double weight_decay) {
-  const size_t n = params.size();
-  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n,
-              "adamw_: lists differ in length");
-  struct Chunk { size_t t; int64_t begin, len; };
-  std::vector<Chunk> chunks;
-  std::vector<at::Tensor> g(grads.begin(), grads.end());  // contiguous copies only where needed
-  std::vector<double> step_size(n), bc2_sqrt(n);
-  int64_t total = 0;
-  constexpr int64_t CH = 1 << 15;
-  for (size_t t = 0; t < n; ++t) {
-    const at::Tensor& p = params[t];
-    if (!g[t].is_contiguous()) g[t] = g[t].contiguous();
-    TORCH_CHECK(p.device().is_cpu() && p.is_contiguous() && exp_avgs[t].is_contiguous() &&
-                    exp_avg_sqs[t].is_contiguous(),
-                "adamw_: CPU contiguous tensors only");
-    TORCH_CHECK(grads[t].scalar_type() == p.scalar_type() && exp_avgs[t].scalar_type() == p.scalar_type() &&
-                    exp_avg_sqs[t].scalar_type() == p.scalar_type() && grads[t].numel() == p.numel(),
-                "adamw_: grad/state dtype or size differs from the parameter");
-    TORCH_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble, "adamw_: float32/float64 only");
-    TORCH_CHECK(steps[t].scalar_type() == at::kFloat && steps[t].numel() == 1 && steps[t].device().is_cpu(),
-                "adamw_: step must be a float32 CPU scalar tensor");
-    float* st = steps[t].data_ptr<float>();
-    *st += 1.0f;
-    const double step = *st;
-    step_size[t] = lr / (1.0 - std::pow(beta1, step));
-    bc2_sqrt[t] = std::sqrt(1.0 - std::pow(beta2, step));
-    for (int64_t b = 0; b < p.numel(); b += CH) chunks.push_back({t, b, std::min(CH, p.numel() - b)});
-    total += p.numel();
-  }
-  // Small steps run on this thread: waking a thread team costs more than updating a few thousand floats.
-  const int64_t grain = total < (1 << 16) ? (int64_t)chunks.size() + 1 : 1;
-  at::parallel_for(0, (int64_t)chunks.size(), grain, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const Chunk& ch = chunks[c];
-      const at::Tensor& p = params[ch.t];
-      if (p.scalar_type() == at::kFloat) {
-        mlk::adamw_kernel(p.data_ptr<float>() + ch.begin, g[ch.t].data_ptr<float>() + ch.begin,
-                       exp_avgs[ch.t].data_ptr<float>() + ch.begin, exp_avg_sqs[ch.t].data_ptr<float>() + ch.begin,
-                       ch.len, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-                       float(step_size[ch.t]), float(bc2_sqrt[ch.t]));
-      } else {
-        mlk::adamw_kernel(p.data_ptr<double>() + ch.begin, g[ch.t].data_ptr<double>() + ch.begin,
-                       exp_avgs[ch.t].data_ptr<double>() + ch.begin, exp_avg_sqs[ch.t].data_ptr<double>() + ch.begin,
-                       ch.len, lr, beta1, beta2, eps, weight_decay, step_size[ch.t], bc2_sqrt[ch.t]);
-      }
+// One AdamW step for one param group. The model owns p and g, so they arrive as lists; the optimizer owns its
+// state, so it is flat: parameter t's moments are exp_avg[off_t : off_t + n_t] (and the same in exp_avg_sq), its
+// step count is steps[t]. Slots start on 16-element (64-byte) boundaries, the alignment the allocator gives p
+// and g, so all four streams are aligned together; off_{t+1} = off_t + round_up(n_t, 16), the rule
+// minillm/kernels/cpp.py uses to lay the buffers out. A parameter whose grad is None is skipped and its step
+// is not counted, as in torch.
+//
+// Why this shape: passing 5 lists of 52 tensors through the dispatcher cost ~30 us per call (each tensor is
+// converted and reference-counted at the Python/C++ boundary several times); 2 lists + 3 tensors cost about
+// half of that, and the optimizer's per-step Python is one list comprehension.
+//
+// Threads: one contiguous range of the group's elements per thread (at::parallel_for splits [0, total) into
+// num_threads equal pieces); each thread walks the tensors that overlap its piece. No chunk list, one parallel
+// region per step, and a step too small to be worth waking a second thread runs on this one.
+constexpr int64_t kSlotAlign = 16;
+
+template <typename T>
+struct AdamwSeg {
+  T* p;
+  const T* g;
+  T *m, *v;
+  int64_t begin, n;  // this tensor's first element in the group's [0, total) range, and its size
+  T step_size, bc2_sqrt;
+};
+
+template <typename T>
+void adamw_group(std::vector<AdamwSeg<T>>& segs, int64_t total, double lr, double beta1, double beta2, double eps,
+                 double wd) {
+  const int64_t grain = total < (1 << 16) ? total : (1 << 15);
+  at::parallel_for(0, total, grain, [&](int64_t b, int64_t e) {
+    size_t s = 0;
+    while (s < segs.size() && segs[s].begin + segs[s].n <= b) ++s;  // first tensor overlapping [b, e)
+    for (; s < segs.size() && segs[s].begin < e; ++s) {
+      const AdamwSeg<T>& x = segs[s];
+      const int64_t i0 = std::max(b, x.begin) - x.begin, i1 = std::min(e, x.begin + x.n) - x.begin;
+      mlk::adamw_kernel(x.p + i0, x.g + i0, x.m + i0, x.v + i0, i1 - i0, T(lr), T(beta1), T(beta2), T(eps), T(wd),
+                        x.step_size, x.bc2_sqrt);
     }
+  });
+}
+
+template <typename T>
+void adamw_typed(at::TensorList params, const c10::List<c10::optional<at::Tensor>>& grads, at::Tensor& exp_avg,
+                 at::Tensor& exp_avg_sq, float* steps, double lr, double beta1, double beta2, double eps,
+                 double wd) {
+  std::vector<AdamwSeg<T>> segs;
+  segs.reserve(params.size());
+  std::vector<at::Tensor> keep;  // contiguous copies of non-contiguous grads, alive until the update is done
+  T *m = exp_avg.data_ptr<T>(), *v = exp_avg_sq.data_ptr<T>();
+  int64_t off = 0, total = 0;
+  double last_step = -1, step_size = 0, bc2_sqrt = 0;
+  for (size_t t = 0; t < params.size(); ++t) {
+    const at::Tensor& p = params[t];
+    const int64_t n = p.numel();
+    TORCH_CHECK(off + n <= exp_avg.numel(), "adamw_: the state buffers are smaller than the parameters");
+    const c10::optional<at::Tensor> g = grads[t];
+    if (g.has_value() && g->defined()) {
+      TORCH_CHECK(p.is_contiguous() && p.scalar_type() == exp_avg.scalar_type() && p.device().is_cpu(),
+                  "adamw_: parameter ", t, " must be a contiguous CPU tensor of the state's dtype");
+      TORCH_CHECK(g->scalar_type() == p.scalar_type() && g->numel() == n && !g->is_sparse(),
+                  "adamw_: grad ", t, " must be dense with the parameter's dtype and size");
+      const T* gp;
+      if (g->is_contiguous()) {
+        gp = g->data_ptr<T>();
+      } else {
+        keep.push_back(g->contiguous());
+        gp = keep.back().data_ptr<T>();
+      }
+      const double step = steps[t] += 1.0f;
+      if (step != last_step) {  // every tensor of a group normally has the same step: compute the powers once
+        last_step = step;
+        step_size = lr / (1.0 - std::pow(beta1, step));
+        bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, step));
+      }
+      segs.push_back({p.data_ptr<T>(), gp, m + off, v + off, total, n, T(step_size), T(bc2_sqrt)});
+      total += n;
+    }
+    off += (n + kSlotAlign - 1) / kSlotAlign * kSlotAlign;
+  }
+  if (total > 0) adamw_group<T>(segs, total, lr, beta1, beta2, eps, wd);
+}
+
+void adamw_(at::TensorList params, const c10::List<c10::optional<at::Tensor>>& grads, at::Tensor exp_avg,
+            at::Tensor exp_avg_sq, at::Tensor steps, double lr, double beta1, double beta2, double eps,
+            double weight_decay) {
+  TORCH_CHECK(grads.size() == params.size() && steps.numel() == (int64_t)params.size(),
+              "adamw_: params, grads and steps differ in length");
+  TORCH_CHECK(exp_avg.is_contiguous() && exp_avg_sq.is_contiguous() && exp_avg.sizes() == exp_avg_sq.sizes() &&
+                  exp_avg.scalar_type() == exp_avg_sq.scalar_type() && exp_avg.device().is_cpu(),
+              "adamw_: exp_avg and exp_avg_sq must be contiguous CPU buffers of one size and dtype");
+  TORCH_CHECK(steps.scalar_type() == at::kFloat && steps.is_contiguous() && steps.device().is_cpu(),
+              "adamw_: steps must be a contiguous float32 CPU tensor");
+  float* st = steps.data_ptr<float>();
+  if (exp_avg.scalar_type() == at::kFloat) {
+    adamw_typed<float>(params, grads, exp_avg, exp_avg_sq, st, lr, beta1, beta2, eps, weight_decay);
+  } else {
+    TORCH_CHECK(exp_avg.scalar_type() == at::kDouble, "adamw_: float32/float64 only");
+    adamw_typed<double>(params, grads, exp_avg, exp_avg_sq, st, lr, beta1, beta2, eps, weight_decay);
+  }
+}
+
+// The memory roof for adamw_ (see stream_kernel): p += g, m += g, v += g over flat float32 tensors, threads
+// split exactly as adamw_ splits a group.
+void stream_roof_(at::Tensor p, at::Tensor g, at::Tensor m, at::Tensor v) {
+  for (const at::Tensor* x : {&p, &g, &m, &v})
+    TORCH_CHECK(x->device().is_cpu() && x->is_contiguous() && x->scalar_type() == at::kFloat &&
+                    x->numel() == p.numel(), "stream_roof_: four contiguous float32 CPU tensors of one size");
+  float *pp = p.data_ptr<float>(), *mp = m.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  const int64_t total = p.numel(), grain = total < (1 << 16) ? total : (1 << 15);
+  at::parallel_for(0, total, grain, [&](int64_t b, int64_t e) {
+    mlk::stream_kernel(pp + b, gp + b, mp + b, vp + b, e - b);
   });
 }
 
@@ -192,8 +254,9 @@ TORCH_LIBRARY(minillm, m) {
   m.def("attn_fwd(Tensor q, Tensor k, Tensor v, bool causal, Tensor? key_padding_mask) -> (Tensor, Tensor)");
   m.def("attn_bwd(Tensor q, Tensor k, Tensor v, Tensor o, Tensor dout, Tensor lse, bool causal, "
         "Tensor? key_padding_mask) -> (Tensor, Tensor, Tensor)");
-  m.def("adamw_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-        "Tensor(d!)[] steps, float lr, float beta1, float beta2, float eps, float weight_decay) -> ()");
+  m.def("adamw_(Tensor(a!)[] params, Tensor?[] grads, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+        "Tensor(d!) steps, float lr, float beta1, float beta2, float eps, float weight_decay) -> ()");
+  m.def("stream_roof_(Tensor(a!) p, Tensor g, Tensor(b!) m, Tensor(c!) v) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(minillm, CPU, m) {
@@ -203,4 +266,5 @@ TORCH_LIBRARY_IMPL(minillm, CPU, m) {
   m.impl("attn_fwd", &attn_fwd);
   m.impl("attn_bwd", &attn_bwd);
   m.impl("adamw_", &adamw_);
+  m.impl("stream_roof_", &stream_roof_);
 }

@@ -130,6 +130,63 @@ def test_adamw_checkpoint_moves_between_backends(cpp, first, second):
     assert all(s["step"].item() == 15 for s in opt2.state_dict()["state"].values())
 
 
+def test_cpp_adamw_skips_parameters_without_grad_exactly_as_torch(cpp):
+    """A parameter whose grad is None takes no step and gets no state, in torch and in our flat state alike."""
+    torch.manual_seed(2)
+    a, b = TinyLM(), TinyLM()
+    b.load_state_dict(a.state_dict())
+    hp = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    opt_a, opt_b = kernels.make_adamw(a.parameters(), backend=cpp, **hp), torch.optim.AdamW(b.parameters(), **hp)
+    g = torch.Generator().manual_seed(0)
+    for step in range(8):
+        idx = torch.randint(0, 37, (4, 12), generator=g)
+        loss = nn.functional.cross_entropy(a(idx).flatten(0, 1), idx.roll(1, 1).flatten())
+        opt_a.zero_grad(set_to_none=True)
+        loss.backward()
+        a.pos.grad = None if step < 3 else a.pos.grad   # pos gets its first grad at step 3
+        a.head.bias.grad = None if step % 2 else a.head.bias.grad  # head.bias on every other step
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pb.grad = None if pa.grad is None else pa.grad.clone()
+        opt_a.step()
+        opt_b.step()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert ((pa - pb).norm() / pb.norm()).item() < 1e-6, n
+    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    assert {i: s["step"].item() for i, s in sa.items()} == {i: s["step"].item() for i, s in sb.items()}
+    steps = {s["step"].item() for s in sa.values()}
+    assert steps == {8.0, 5.0, 4.0}  # most params, pos (steps 3-7), head.bias (even steps)
+
+
+def test_cpp_adamw_checkpoint_survives_safetensors_and_resumes(cpp, tmp_path):
+    """The run's own checkpoint path (safetensors, state as views of one buffer) saves and resumes exactly."""
+    from minillm.model import ModelConfig, Transformer
+    from minillm.train import load_checkpoint, save_checkpoint
+    torch.manual_seed(3)
+    cfg = ModelConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=32, block_size=16)
+    model, clone = Transformer(cfg), Transformer(cfg)
+    hp = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    opt, opt2 = kernels.make_adamw(model.parameters(), backend=cpp, **hp), kernels.make_adamw(clone.parameters(),
+                                                                                           backend=cpp, **hp)
+    idx = torch.randint(0, 64, (2, 16))
+
+    def train_step(m, o):
+        o.zero_grad(set_to_none=True)
+        m(idx).float().logsumexp(-1).mean().backward()
+        o.step()
+
+    for _ in range(3):
+        train_step(model, opt)
+    save_checkpoint(tmp_path, model, opt, step=3)
+    load_checkpoint(tmp_path, clone, opt2)
+    for _ in range(2):
+        train_step(model, opt)
+        train_step(clone, opt2)
+    for pa, pb in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(pa, pb)
+    assert all(s["step"].item() == 5 for s in opt2.state_dict()["state"].values())
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_adamw_matches_torch_adamw():
