@@ -1,8 +1,9 @@
 """The `cpp` and `cuda` backends: autograd wrappers and an optimizer around our compiled ops.
 
 The compiled library (csrc/, built by build.py) registers plain ops in torch: `torch.ops.minillm.softmax_fwd`,
-`softmax_bwd`, `attn_fwd`, `attn_bwd`, `adamw_`, with a CPU implementation (csrc/ops.cpp) and, when built, a
-CUDA one (csrc/cuda_binding.cpp). The ops know nothing about autograd; here we
+`softmax_bwd`, `attn_fwd`, `attn_bwd`, `adamw_` (and `stream_roof_`, AdamW's memory roof for the benchmark),
+with a CPU implementation (csrc/ops.cpp) and, when built, a CUDA one (csrc/cuda_binding.cpp). The ops know
+nothing about autograd; here we
 
 - pair each forward with its backward in a `torch.autograd.Function`:
     softmax:    y = softmax(s x)              dx = s y (dy - <y, dy>)         (saves y)
@@ -14,15 +15,15 @@ CUDA one (csrc/cuda_binding.cpp). The ops know nothing about autograd; here we
 AdamW's layout, and why: the update itself is trivially memory-bound (28 bytes per parameter, see csrc/adamw.cpp),
 so on a small model the cost is everything around it. torch's AdamW(fused=True) spends ~150 us per step on 52 one-
 element tensors (~70 us of Python gathering each parameter's state, ~80 us in its ops: lists of 52 tensors to
-convert, then a loop over tensors in C++); passing our op five lists of 52 tensors still cost ~30 us. So the state the optimizer owns is flat: per param group one exp_avg
-buffer, one exp_avg_sq buffer (each parameter's slot starting on a 64-byte boundary, so all four streams are
-aligned) and one float32 step per parameter; `state[p]` holds views into them, so the state dict is exactly
-torch.optim.AdamW's and checkpoints move between backends. What the model owns stays as it is: parameters and
-their grads are passed as lists. Making the parameters views into one flat buffer too would save a few more
-microseconds but means re-pointing the model's tensors, which breaks when anything replaces a parameter or moves
-the model; grads could not be flat anyway, since autograd allocates a fresh .grad after zero_grad(set_to_none=True).
-One step is then one C++ call per group (~13 us of overhead for 52 tensors, ~25 us with Optimizer.step's own
-wrapper), and C++ gives each thread one contiguous share of the group's elements.
+convert, then a loop over tensors in C++); passing our op five lists of 52 tensors still cost ~30 us. So the state
+the optimizer owns is flat: per param group one exp_avg buffer, one exp_avg_sq buffer (each parameter's slot
+starting on a 64-byte boundary, so all four streams are aligned) and one float32 step per parameter; `state[p]`
+holds views into them, so the state dict is exactly torch.optim.AdamW's and checkpoints move between backends. What
+the model owns stays as it is: parameters and their grads are passed as lists. Making the parameters views into one
+flat buffer too would save a few more microseconds but means re-pointing the model's tensors, which breaks when
+anything replaces a parameter or moves the model; grads could not be flat anyway, since autograd allocates a fresh
+.grad after zero_grad(set_to_none=True). One step is then one C++ call per group (~13 us of overhead for 52 tensors,
+~25 us with Optimizer.step's own wrapper), and C++ gives each thread one contiguous share of the group's elements.
 """
 import torch
 
@@ -66,6 +67,10 @@ def _register_fakes():
 
     @torch.library.register_fake(lib + "adamw_")
     def _(params, grads, exp_avg, exp_avg_sq, steps, lr, beta1, beta2, eps, weight_decay):
+        return None
+
+    @torch.library.register_fake(lib + "stream_roof_")
+    def _(p, g, m, v):
         return None
 
     @torch.library.register_fake(lib + "attn_bwd")
