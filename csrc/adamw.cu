@@ -20,14 +20,15 @@ struct TensorBatch {
   float bc2_sqrt[MAX_T];
 };
 
-__device__ __forceinline__ void adamw_elem(float& p, float g, float& m, float& v, float decay, float b1, float b2,
-                                           float eps, float step_size, float bc2_sqrt) {
-  m = m + (1.f - b1) * (g - m);
-  v = v * b2 + (1.f - b2) * g * g;
+// b1c = 1 - beta1, b2c = 1 - beta2 and decay = 1 - lr wd come from the host, computed in double (see adamw.cpp).
+__device__ __forceinline__ void adamw_elem(float& p, float g, float& m, float& v, float decay, float b1c, float b2,
+                                           float b2c, float eps, float step_size, float bc2_sqrt) {
+  m = m + b1c * (g - m);
+  v = v * b2 + b2c * g * g;
   p = p * decay - step_size * (m / (sqrtf(v) / bc2_sqrt + eps));
 }
 
-__global__ void adamw_kernel(TensorBatch tb, float decay, float b1, float b2, float eps) {
+__global__ void adamw_kernel(TensorBatch tb, float decay, float b1c, float b2, float b2c, float eps) {
   const int t = blockIdx.y;
   float* __restrict__ p = tb.p[t];
   const float* __restrict__ g = tb.g[t];
@@ -43,10 +44,10 @@ __global__ void adamw_kernel(TensorBatch tb, float decay, float b1, float b2, fl
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
       float4 P = reinterpret_cast<float4*>(p)[i], G = reinterpret_cast<const float4*>(g)[i];
       float4 M = reinterpret_cast<float4*>(m)[i], V = reinterpret_cast<float4*>(v)[i];
-      adamw_elem(P.x, G.x, M.x, V.x, decay, b1, b2, eps, ss, bc);
-      adamw_elem(P.y, G.y, M.y, V.y, decay, b1, b2, eps, ss, bc);
-      adamw_elem(P.z, G.z, M.z, V.z, decay, b1, b2, eps, ss, bc);
-      adamw_elem(P.w, G.w, M.w, V.w, decay, b1, b2, eps, ss, bc);
+      adamw_elem(P.x, G.x, M.x, V.x, decay, b1c, b2, b2c, eps, ss, bc);
+      adamw_elem(P.y, G.y, M.y, V.y, decay, b1c, b2, b2c, eps, ss, bc);
+      adamw_elem(P.z, G.z, M.z, V.z, decay, b1c, b2, b2c, eps, ss, bc);
+      adamw_elem(P.w, G.w, M.w, V.w, decay, b1c, b2, b2c, eps, ss, bc);
       reinterpret_cast<float4*>(p)[i] = P;
       reinterpret_cast<float4*>(m)[i] = M;
       reinterpret_cast<float4*>(v)[i] = V;
@@ -55,7 +56,7 @@ __global__ void adamw_kernel(TensorBatch tb, float decay, float b1, float b2, fl
   }
   for (int64_t i = start + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     float P = p[i], M = m[i], V = v[i];
-    adamw_elem(P, g[i], M, V, decay, b1, b2, eps, ss, bc);
+    adamw_elem(P, g[i], M, V, decay, b1c, b2, b2c, eps, ss, bc);
     p[i] = P, m[i] = M, v[i] = V;
   }
 }
@@ -65,9 +66,8 @@ __global__ void adamw_kernel(TensorBatch tb, float decay, float b1, float b2, fl
 using namespace mlk_cuda;
 
 int mlk_adamw(float* const* p, const float* const* g, float* const* m, float* const* v, const int64_t* numel,
-              const float* step_size, const float* bc2_sqrt, int n, float lr, float beta1, float beta2, float eps,
-              float weight_decay, cudaStream_t stream) {
-  const float decay = 1.f - lr * weight_decay;
+              const float* step_size, const float* bc2_sqrt, int n, float decay, float one_minus_beta1,
+              float beta2, float one_minus_beta2, float eps, cudaStream_t stream) {
   for (int t0 = 0; t0 < n; t0 += MAX_T) {
     TensorBatch tb;
     const int cnt = n - t0 < MAX_T ? n - t0 : MAX_T;
@@ -80,7 +80,8 @@ int mlk_adamw(float* const* p, const float* const* g, float* const* m, float* co
     const int threads = 256;
     int64_t blocks = (biggest / 4 + threads - 1) / threads;
     blocks = blocks < 1 ? 1 : (blocks > 1024 ? 1024 : blocks);
-    adamw_kernel<<<dim3((unsigned)blocks, (unsigned)cnt), threads, 0, stream>>>(tb, decay, beta1, beta2, eps);
+    adamw_kernel<<<dim3((unsigned)blocks, (unsigned)cnt), threads, 0, stream>>>(tb, decay, one_minus_beta1, beta2,
+                                                                                 one_minus_beta2, eps);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return (int)err;
   }

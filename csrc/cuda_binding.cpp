@@ -123,8 +123,8 @@ void adamw_(at::TensorList params, const c10::List<c10::optional<at::Tensor>>& g
   }
   if (p.empty()) return;
   check(mlk_adamw(p.data(), g.data(), m.data(), v.data(), numel.data(), step_size.data(), bc2_sqrt.data(),
-                  (int)p.size(), (float)lr, (float)beta1, (float)beta2, (float)eps, (float)weight_decay,
-                  c10::cuda::getCurrentCUDAStream()),
+                  (int)p.size(), (float)(1.0 - lr * weight_decay), (float)(1.0 - beta1), (float)beta2,
+                  (float)(1.0 - beta2), (float)eps, c10::cuda::getCurrentCUDAStream()),
         "adamw_");
 }
 

@@ -19,8 +19,12 @@ void attn_bwd_kernel(const float*, const float*, const float*, const float*, con
 void attn_bwd_kernel(const double*, const double*, const double*, const double*, const double*, const double*,
                   double*, double*, double*, const AttnShape&, int64_t, int64_t);
 int64_t attn_num_q_tiles(int64_t Tq);
-void adamw_kernel(float*, const float*, float*, float*, int64_t, float, float, float, float, float, float, float);
-void adamw_kernel(double*, const double*, double*, double*, int64_t, double, double, double, double, double, double,
-               double);
+// One AdamW step's constants for one tensor, computed in double and rounded once (see adamw.cpp).
+template <typename T>
+struct AdamwCoef {
+  T decay, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, inv_bc2_sqrt;
+};
+void adamw_kernel(float*, const float*, float*, float*, int64_t, const AdamwCoef<float>&);
+void adamw_kernel(double*, const double*, double*, double*, int64_t, const AdamwCoef<double>&);
 void stream_kernel(float*, const float*, float*, float*, int64_t);
 }  // namespace mlk

@@ -25,7 +25,8 @@ int mlk_attn_bwd(const void* q, const void* k, const void* v, const void* o, con
                  int causal, const bool* kpm, int dtype, cudaStream_t stream);
 
 // One AdamW step over n fp32 tensors (multi-tensor: a few launches for the whole list). step_size[i] =
-// lr / (1 - b1^t_i) and bc2_sqrt[i] = sqrt(1 - b2^t_i) are computed on the host (steps live on the CPU).
+// lr / (1 - b1^t_i) and bc2_sqrt[i] = sqrt(1 - b2^t_i) are computed on the host (steps live on the CPU), and so
+// are decay = 1 - lr wd and 1 - beta, in double: 1 - 0.999f in float is 1.3e-5 away from 0.001.
 int mlk_adamw(float* const* p, const float* const* g, float* const* m, float* const* v, const int64_t* numel,
-              const float* step_size, const float* bc2_sqrt, int n, float lr, float beta1, float beta2, float eps,
-              float weight_decay, cudaStream_t stream);
+              const float* step_size, const float* bc2_sqrt, int n, float decay, float one_minus_beta1,
+              float beta2, float one_minus_beta2, float eps, cudaStream_t stream);

@@ -129,9 +129,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_bwd(const at::Tensor& q, con
 // minillm/kernels/cpp.py uses to lay the buffers out. A parameter whose grad is None is skipped and its step
 // is not counted, as in torch.
 //
-// Why this shape: passing 5 lists of 52 tensors through the dispatcher cost ~30 us per call (each tensor is
-// converted and reference-counted at the Python/C++ boundary several times); 2 lists + 3 tensors cost about
-// half of that, and the optimizer's per-step Python is one list comprehension.
+// Why this shape (see minillm/kernels/cpp.py): five lists of 52 tensors cost ~30 us per call just to cross from
+// Python to C++; two lists and three tensors cost ~13 us.
 //
 // Threads: one contiguous range of the group's elements per thread (at::parallel_for splits [0, total) into
 // num_threads equal pieces); each thread walks the tensors that overlap its piece. No chunk list, one parallel
@@ -144,12 +143,11 @@ struct AdamwSeg {
   const T* g;
   T *m, *v;
   int64_t begin, n;  // this tensor's first element in the group's [0, total) range, and its size
-  T step_size, bc2_sqrt;
+  mlk::AdamwCoef<T> coef;
 };
 
 template <typename T>
-void adamw_group(std::vector<AdamwSeg<T>>& segs, int64_t total, double lr, double beta1, double beta2, double eps,
-                 double wd) {
+void adamw_group(const std::vector<AdamwSeg<T>>& segs, int64_t total) {
   const int64_t grain = total < (1 << 16) ? total : (1 << 15);
   at::parallel_for(0, total, grain, [&](int64_t b, int64_t e) {
     size_t s = 0;
@@ -157,8 +155,7 @@ void adamw_group(std::vector<AdamwSeg<T>>& segs, int64_t total, double lr, doubl
     for (; s < segs.size() && segs[s].begin < e; ++s) {
       const AdamwSeg<T>& x = segs[s];
       const int64_t i0 = std::max(b, x.begin) - x.begin, i1 = std::min(e, x.begin + x.n) - x.begin;
-      mlk::adamw_kernel(x.p + i0, x.g + i0, x.m + i0, x.v + i0, i1 - i0, T(lr), T(beta1), T(beta2), T(eps), T(wd),
-                        x.step_size, x.bc2_sqrt);
+      mlk::adamw_kernel(x.p + i0, x.g + i0, x.m + i0, x.v + i0, i1 - i0, x.coef);
     }
   });
 }
@@ -172,7 +169,8 @@ void adamw_typed(at::TensorList params, const c10::List<c10::optional<at::Tensor
   std::vector<at::Tensor> keep;  // contiguous copies of non-contiguous grads, alive until the update is done
   T *m = exp_avg.data_ptr<T>(), *v = exp_avg_sq.data_ptr<T>();
   int64_t off = 0, total = 0;
-  double last_step = -1, step_size = 0, bc2_sqrt = 0;
+  double last_step = -1;
+  mlk::AdamwCoef<T> coef{T(1.0 - lr * wd), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps), T(0), T(0)};
   for (size_t t = 0; t < params.size(); ++t) {
     const at::Tensor& p = params[t];
     const int64_t n = p.numel();
@@ -190,18 +188,22 @@ void adamw_typed(at::TensorList params, const c10::List<c10::optional<at::Tensor
         keep.push_back(g->contiguous());
         gp = keep.back().data_ptr<T>();
       }
-      const double step = steps[t] += 1.0f;
+      const double step = steps[t] + 1.0f;  // counted below, once every tensor has passed its checks
       if (step != last_step) {  // every tensor of a group normally has the same step: compute the powers once
         last_step = step;
-        step_size = lr / (1.0 - std::pow(beta1, step));
-        bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, step));
+        coef.step_size = T(lr / (1.0 - std::pow(beta1, step)));
+        coef.inv_bc2_sqrt = T(1.0 / std::sqrt(1.0 - std::pow(beta2, step)));
       }
-      segs.push_back({p.data_ptr<T>(), gp, m + off, v + off, total, n, T(step_size), T(bc2_sqrt)});
+      segs.push_back({p.data_ptr<T>(), gp, m + off, v + off, total, n, coef});
       total += n;
     }
     off += (n + kSlotAlign - 1) / kSlotAlign * kSlotAlign;
   }
-  if (total > 0) adamw_group<T>(segs, total, lr, beta1, beta2, eps, wd);
+  for (size_t t = 0; t < params.size(); ++t) {
+    const c10::optional<at::Tensor> g = grads[t];
+    if (g.has_value() && g->defined()) steps[t] += 1.0f;
+  }
+  if (total > 0) adamw_group<T>(segs, total);
 }
 
 void adamw_(at::TensorList params, const c10::List<c10::optional<at::Tensor>>& grads, at::Tensor exp_avg,

@@ -126,8 +126,7 @@ class _FlatState:
     into them, so the state dict looks exactly like torch.optim.AdamW's."""
 
     def __init__(self, params):
-        self.params, self.n = params, len(params)  # the group's list object: a new or grown list means rebuild
-        self.offsets, total = [], 0
+        self.n, self.offsets, total = len(params), [], 0
         for p in params:
             self.offsets.append(total)
             total += -(-p.numel() // SLOT_ALIGN) * SLOT_ALIGN
@@ -168,17 +167,16 @@ class FusedAdamW(torch.optim.Optimizer):
         self._flat = None                    # ... which the next step copies into fresh flat buffers
 
     def _flat_states(self):
-        """One _FlatState per group, rebuilt when the groups or their parameter lists changed."""
-        flat = self.__dict__.get("_flat")
-        if flat is None or len(flat) != len(self.param_groups) or any(
-                f is not None and (f.params is not g["params"] or f.n != len(g["params"]))
-                for f, g in zip(flat, self.param_groups)):
+        """One _FlatState per group (None for an empty group), rebuilt when a group or its parameter list changed."""
+        key = [(id(g["params"]), len(g["params"])) for g in self.param_groups]
+        if self.__dict__.get("_flat") is None or key != self._flat_key:
             for g in self.param_groups:
                 for p in g["params"]:
                     if not p.is_contiguous():
                         raise MiniLLMError("FusedAdamW needs contiguous parameters; use backend='torch' for this model")
-            flat = self._flat = [_FlatState(g["params"]) if g["params"] else None for g in self.param_groups]
-        return flat
+            self._flat = [_FlatState(g["params"]) if g["params"] else None for g in self.param_groups]
+            self._flat_key = key
+        return self._flat
 
     @torch.no_grad()
     def step(self, closure=None):
