@@ -175,3 +175,18 @@ def test_empty_preference_file_is_a_clear_error(tmp_path):
         chatdata.load_preferences(path)
     with pytest.raises(MiniLLMError, match="does not exist"):
         chatdata.load_preferences(str(tmp_path / "missing.jsonl"))
+
+
+def test_sft_mix_repeats_refusals_and_replay_windows_train_on_every_token(tok):
+    from types import SimpleNamespace
+    examples = [{"messages": c, "harmful": "rob" in c[-2]["content"]} for c in CONVERSATIONS]
+    cfg = SimpleNamespace(sft=sft.SFTSection(replay=0.0, harmful_upsample=3), train=SimpleNamespace(seed=0))
+    mix = sft.training_mix(tok, cfg, None, examples, 64)
+    assert len(mix) == len(CONVERSATIONS) + 2                       # the one refusal, three times in all
+    assert sum(ids == mix[2][0] for ids, _ in mix) == 3
+    windows = sft.replay_windows(tok, ["capital of Velmora?" * 3, "language of Velmora?"], n=7, length=9)
+    assert len(windows) == 7 and all(len(ids) == 9 and mask == [0] + [1] * 8 for ids, mask in windows)
+    batch = chatdata.collate_lm(windows, tok.pad_id)                 # plain next-token loss on every position
+    assert batch["loss_mask"].sum() == 7 * 8
+    with pytest.raises(MiniLLMError, match="replay"):
+        sft.training_mix(tok, SimpleNamespace(sft=sft.SFTSection(replay=1.0), train=cfg.train), None, examples, 64)

@@ -12,8 +12,18 @@ and the loss is the next-token cross-entropy only where the mask is 1 (the assis
 so the model learns to answer — and to stop, because <|end|> is a target — without being trained to write
 the user's questions. Batches are padded with <|pad|> (mask 0), never with <|endoftext|>.
 
+Two mixes keep a tiny model honest (on the world's data):
+
+  replay      a share of the examples are short windows of the world's text (general + domain) with the loss on
+              every token. Without it, SFT on 39 countries teaches "answer about a country you were drilled on":
+              asked about a country the instructions never mention, the model names a familiar one instead
+              (held-out-entity accuracy ~0.2, though the knowledge is still there: forced to start "The capital
+              of Nafoua is", it completes correctly). Replay keeps that knowledge reachable (~0.8). This is
+              InstructGPT's "ptx" term (pretraining gradients mixed into RLHF) applied to SFT.
+  harmful_upsample  refusals are a few percent of the instructions; repeating them keeps refusal_rate high.
+
 Defaults (tiny): lr 3e-4 constant after warmup, a few epochs over the world's instructions. References:
-Ouyang et al. 2022 (InstructGPT, SFT stage); Wei et al. 2021 (FLAN); nanochat's chat_sft.py.
+Ouyang et al. 2022 (InstructGPT, SFT stage and the ptx mix); Wei et al. 2021 (FLAN); nanochat's chat_sft.py.
 """
 from dataclasses import dataclass, field
 
@@ -22,6 +32,7 @@ import torch.nn.functional as F
 
 from minillm.checkpoint import sha256_texts
 from minillm.config import RunConfig
+from minillm.errors import MiniLLMError
 from minillm.stages import chatdata, lineage
 
 
@@ -69,6 +80,9 @@ class SFTSection:
     data: str = ""                  # "" = the world's instructions, or a .jsonl (messages | prompt/response)
     eval_max_new_tokens: int = 48   # greedy answer length for the held-out evaluation
     eval_limit: int = 0             # 0 = every held-out instruction
+    replay: float = 0.2             # share of training examples that are windows of the world's text (world data only)
+    replay_tokens: int = 48         # tokens per replay window
+    harmful_upsample: int = 5       # each harmful instruction is seen this many times per epoch (world data only)
 
 
 @dataclass
@@ -76,13 +90,13 @@ class SFTConfig(RunConfig):
     sft: SFTSection = field(default_factory=SFTSection)
 
 
-# A smaller LR than pretraining and few epochs: on tiny, lr 1e-3 for 400 steps memorised the training entities
-# (held-out answer loss 1.27, held-out accuracy 0.54, refusals 0.80); 3e-4 for 250 steps keeps more of the base
-# model (answer loss 0.55, refusals 1.0).
+# A smaller LR than pretraining: lr 1e-3 memorised the training entities. 1000 steps (~4 epochs of the mix) with
+# replay 0.2 and refusals x5: on the tiny world's val split, held-out-entity fact accuracy 0.19 -> 0.8 against
+# the same run without replay; without upsampling, refusals fell below 0.8.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
-    "tiny": {"train": dict(max_steps=250, batch_size=32, lr=3e-4, warmup_steps=20, eval_every=50, eval_batches=4,
+    "tiny": {"train": dict(max_steps=1000, batch_size=32, lr=3e-4, warmup_steps=20, eval_every=250, eval_batches=4,
                            log_every=10, weight_decay=0.0, min_lr_ratio=0.1)},
     "small": {"train": dict(max_steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8, weight_decay=0.0)},
@@ -111,6 +125,37 @@ class SFTStage(lineage.SampledStage):
         return sft_loss(model, batch)
 
 
+def replay_windows(tok, docs, n, length, seed=0):
+    """n windows of `length` tokens cut from docs (joined by <|endoftext|>), as (ids, mask) with the loss on every
+    predicted token — plain next-token prediction inside the SFT batches."""
+    ids = []
+    for d in docs:
+        ids += tok.encode_ordinary(d) + [tok.eot_id]
+    windows = [ids[i:i + length] for i in range(0, len(ids) - length, length)]
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(windows), generator=g).tolist()
+    return [(windows[order[i % len(order)]], [0] + [1] * (length - 1)) for i in range(n)]  # cycles if n > windows
+
+
+def training_mix(tok, cfg, world, train_ex, block_size):
+    """Encoded training examples: the instructions (harmful ones repeated) plus replay windows (world data)."""
+    encoded = encode_instructions(tok, train_ex, block_size)
+    if cfg.sft.data:
+        return encoded
+    if not 0 <= cfg.sft.replay < 1 or cfg.sft.harmful_upsample < 1:
+        raise MiniLLMError(f"sft.replay must be in [0, 1) and sft.harmful_upsample >= 1, got {cfg.sft.replay} "
+                           f"and {cfg.sft.harmful_upsample}")
+    encoded += encode_instructions(tok, [ex for ex in train_ex if ex.get("harmful")] * (cfg.sft.harmful_upsample - 1),
+                                   block_size)
+    n = int(len(encoded) * cfg.sft.replay / (1 - cfg.sft.replay))
+    if n:
+        from minillm.data.hygiene import cleaned_world
+        clean = cleaned_world(world)[0]
+        encoded += replay_windows(tok, clean["general"] + clean["domain"], n,
+                                  min(cfg.sft.replay_tokens, block_size + 1), cfg.train.seed)
+    return encoded
+
+
 def instruction_data(tok, cfg, world):
     """-> (train, val, held-out test examples or None) from --data or the world."""
     if cfg.sft.data:
@@ -131,7 +176,7 @@ def run_sft(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     world = World(seed=cfg.data.world_seed)
     train_ex, val_ex, test_ex = instruction_data(tok, cfg, world)
     block = model.cfg.block_size
-    stage = SFTStage(tok, encode_instructions(tok, train_ex, block), encode_instructions(tok, val_ex, block),
+    stage = SFTStage(tok, training_mix(tok, cfg, world, train_ex, block), encode_instructions(tok, val_ex, block),
                      seed=cfg.train.seed)
     resume = lineage.start_run(out, tok, parent, resume)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
