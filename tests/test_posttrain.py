@@ -190,3 +190,18 @@ def test_sft_mix_repeats_refusals_and_replay_windows_train_on_every_token(tok):
     assert batch["loss_mask"].sum() == 7 * 8
     with pytest.raises(MiniLLMError, match="replay"):
         sft.training_mix(tok, SimpleNamespace(sft=sft.SFTSection(replay=1.0), train=cfg.train), None, examples, 64)
+
+
+def test_dpo_nll_term_adds_the_chosen_answers_per_token_nll(tok):
+    torch.manual_seed(0)
+    model = small_model(tok)
+    pairs = [chatdata.encode_pair(tok, {"prompt": "capital of Velmora?", "chosen": "Tarsk.", "rejected": "Brisk."}, 65),
+             chatdata.encode_pair(tok, {"prompt": "capital of Dunhal?", "chosen": "Brisk.", "rejected": "No."}, 65)]
+    batch = chatdata.collate_pairs(pairs, tok.pad_id)
+    batch["ref_logps"] = torch.zeros(2, 2)
+    plain, _ = dpo.dpo_batch_loss(model, batch, beta=0.1)
+    with_nll, m = dpo.dpo_batch_loss(model, batch, beta=0.1, nll_coef=0.5)
+    chosen, _ = dpo.pair_logprobs(model, batch)
+    n = batch["loss_mask"].sum(1)[:2]
+    assert math.isclose(with_nll.item(), plain.item() + 0.5 * (-(chosen / n).mean().item()), rel_tol=1e-5)
+    assert m["chosen_nll"] > 0

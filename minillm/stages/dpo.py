@@ -40,10 +40,17 @@ def reference_logprobs(ref_model, pairs_encoded, pad_id, batch_size=64):
     return torch.cat(out)
 
 
-def dpo_batch_loss(model, batch, beta: float = 0.1):
-    """DPO loss for a pair batch carrying its reference log-probs in batch["ref_logps"] (B, 2)."""
+def dpo_batch_loss(model, batch, beta: float = 0.1, nll_coef: float = 0.0):
+    """DPO loss for a pair batch carrying its reference log-probs in batch["ref_logps"] (B, 2), plus
+    nll_coef × the chosen answers' per-token negative log-likelihood (RPO, Pang et al. 2024)."""
     chosen, rejected = pair_logprobs(model, batch)
-    return rl.dpo_loss(chosen, rejected, batch["ref_logps"][:, 0], batch["ref_logps"][:, 1], beta)
+    loss, metrics = rl.dpo_loss(chosen, rejected, batch["ref_logps"][:, 0], batch["ref_logps"][:, 1], beta)
+    if nll_coef:
+        n_chosen = batch["loss_mask"].sum(1).chunk(2)[0].clamp(min=1.0)     # (B,) answer tokens per chosen row
+        nll = -(chosen / n_chosen).mean()
+        loss = loss + nll_coef * nll
+        metrics["chosen_nll"] = nll.item()
+    return loss, metrics
 
 
 @dataclass
@@ -53,6 +60,7 @@ class DPOSection:
     eval_max_new_tokens: int = 48
     eval_limit: int = 0             # held-out instructions in the evaluation (0 = all)
     max_pairs: int = 0              # use at most this many training pairs (0 = all)
+    nll_coef: float = 0.0           # + this × NLL of the chosen answer per token (RPO); keeps chosen likely
 
 
 @dataclass
@@ -78,8 +86,8 @@ class DPOStage(lineage.SampledStage):
     """DPO on preference pairs against precomputed reference log-probs, for train.train()."""
     name = "dpo"
 
-    def __init__(self, tok, train_pairs, train_ref, val_pairs, val_ref, beta=0.1, seed=0):
-        self.tok, self.beta = tok, beta
+    def __init__(self, tok, train_pairs, train_ref, val_pairs, val_ref, beta=0.1, seed=0, nll_coef=0.0):
+        self.tok, self.beta, self.nll_coef = tok, beta, nll_coef
         self.train, self.train_ref, self.val, self.val_ref = train_pairs, train_ref, val_pairs, val_ref
         self.sampler = lineage.Sampler(len(train_pairs), seed)
 
@@ -97,7 +105,7 @@ class DPOStage(lineage.SampledStage):
                 for i in range(0, min(len(pairs), batch_size * n), batch_size)]
 
     def loss(self, model, batch):
-        return dpo_batch_loss(model, batch, self.beta)
+        return dpo_batch_loss(model, batch, self.beta, self.nll_coef)
 
 
 @torch.no_grad()
@@ -133,7 +141,7 @@ def run_dpo(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     # the reference is the parent itself, frozen: its log-probs are computed once, before any update
     stage = DPOStage(tok, train_enc, reference_logprobs(model, train_enc, tok.pad_id),
                      val_enc, reference_logprobs(model, val_enc, tok.pad_id) if val_enc else None,
-                     beta=cfg.dpo.beta, seed=cfg.train.seed)
+                     beta=cfg.dpo.beta, seed=cfg.train.seed, nll_coef=cfg.dpo.nll_coef)
     test_ref = reference_logprobs(model, test_enc, tok.pad_id)
     resume = lineage.start_run(out, tok, parent, resume)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
