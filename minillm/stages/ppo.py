@@ -79,7 +79,9 @@ DEFAULTS = {
               "ppo": dict(iterations=3, rollout_size=8, minibatch_size=4, epochs=2, max_new_tokens=8, eval_every=0,
                           eval_prompts=8, eval_max_new_tokens=8, eval_limit=24)},
     "tiny": {"train": dict(lr=1e-5, weight_decay=0.0, warmup_steps=0),
-             "ppo": dict(iterations=30, eval_every=10, eval_prompts=64)},
+             # kl_coef 0.05 (the module default) let the 800-step reward model pull the policy 1.8 nats away
+             # (oracle 0.81 -> 0.69); 0.2: KL 2.8 and the reward-hacking flag raised; 0.5: KL 0.5, oracle 0.77
+             "ppo": dict(iterations=30, eval_every=10, eval_prompts=64, kl_coef=0.5)},
     "small": {"train": dict(lr=3e-5, weight_decay=0.0, warmup_steps=0),
               "ppo": dict(iterations=100, rollout_size=128, minibatch_size=32)},
 }
