@@ -128,9 +128,8 @@ class SFTStage(lineage.SampledStage):
 def replay_windows(tok, docs, n, length, seed=0):
     """n windows of `length` tokens cut from docs (joined by <|endoftext|>), as (ids, mask) with the loss on every
     predicted token — plain next-token prediction inside the SFT batches."""
-    ids = []
-    for d in docs:
-        ids += tok.encode_ordinary(d) + [tok.eot_id]
+    from minillm.stages.finetune import tokenize_documents
+    ids = tokenize_documents(tok, docs).tolist()
     windows = [ids[i:i + length] for i in range(0, len(ids) - length, length)]
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(windows), generator=g).tolist()
