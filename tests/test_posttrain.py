@@ -2,6 +2,7 @@
 reward heads, DPO at its starting point, and the user's JSONL files (bad lines reported with numbers)."""
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -94,7 +95,38 @@ def test_reward_model_keeps_the_sft_trunk_and_reads_the_last_token(tok):
     assert reward.scores_at(rm, padded, torch.tensor([4])).item() == pytest.approx(all_scores[1, 4].item(), abs=1e-5)
 
 
-def test_reward_training_orders_pairs(tok):
+def test_sequence_scores_pool_over_the_answer_tokens_only(tok):
+    torch.manual_seed(0)
+    rm = reward.reward_model_from(small_model(tok))
+    torch.nn.init.normal_(rm.score_head.weight)
+    pairs = [{"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": "No."} for c in CONVERSATIONS]
+    batch = reward.collate(reward.encode_pairs(tok, pairs, 64), tok.pad_id)
+    all_scores = rm(batch["input_ids"])                                           # (2B, T)
+    for b, ((ids, mask), _) in enumerate(chatdata.encode_pair(tok, p, 64) for p in pairs):
+        answer = [t for t, m in enumerate(mask) if m]                             # the answer's positions
+        assert batch["answer_mask"][b].nonzero().flatten().tolist() == answer
+        mean = reward.sequence_scores(rm, batch["input_ids"], batch["answer_mask"], pool="mean")[b]
+        assert mean.item() == pytest.approx(all_scores[b, answer].mean().item(), abs=1e-5)
+    last = reward.sequence_scores(rm, batch["input_ids"], batch["answer_mask"], pool="last")
+    assert torch.allclose(last, reward.scores_at(rm, batch["input_ids"], batch["last_index"]))
+    with pytest.raises(MiniLLMError, match="reward.pool"):
+        reward.sequence_scores(rm, batch["input_ids"], batch["answer_mask"], pool="max")
+
+
+def test_extra_wrong_fact_pairs_are_wrong_facts_the_oracle_ranks_below_the_reference():
+    from minillm.data.oracle import Oracle
+    from minillm.data.preferences import wrong_fact_pairs
+    from minillm.data.world import World
+    world = World(seed=0)
+    oracle = Oracle(world)
+    pairs = wrong_fact_pairs(random.Random(0), world.instructions("train"), world, 40)
+    assert len(pairs) == 40 and len({p["id"] for p in pairs}) == 40 and {p["kind"] for p in pairs} == {"wrong_fact"}
+    for p in pairs:
+        assert oracle.score(p["prompt"], p["chosen"])[0] > oracle.score(p["prompt"], p["rejected"])[0]
+
+
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_reward_training_orders_pairs(tok, pool):
     torch.manual_seed(0)
     rm = reward.reward_model_from(small_model(tok))
     pairs = [{"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": "Ugh. whatever."} for c in CONVERSATIONS]
@@ -102,14 +134,14 @@ def test_reward_training_orders_pairs(tok):
     opt = torch.optim.AdamW(rm.parameters(), lr=3e-3)
     first = None
     for _ in range(40):
-        loss, m = reward.reward_loss(rm, reward.collate(enc, tok.pad_id))
+        loss, m = reward.reward_loss(rm, reward.collate(enc, tok.pad_id), pool=pool)
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert first == pytest.approx(math.log(2), abs=1e-4)                     # all scores 0 at the start
     assert loss.item() < 0.05
-    assert reward.pairwise_accuracy(rm, tok, enc)["pairwise_accuracy"] == 1.0
+    assert reward.pairwise_accuracy(rm, tok, enc, pool=pool)["pairwise_accuracy"] == 1.0
 
 
 def test_dpo_starts_at_log2_and_its_reference_logprobs_are_the_policys(tok):
@@ -190,6 +222,22 @@ def test_sft_mix_repeats_refusals_and_replay_windows_train_on_every_token(tok):
     assert batch["loss_mask"].sum() == 7 * 8
     with pytest.raises(MiniLLMError, match="replay"):
         sft.training_mix(tok, SimpleNamespace(sft=sft.SFTSection(replay=1.0), train=cfg.train), None, examples, 64)
+
+
+def test_sft_dropout_acts_in_training_only_and_leaves_the_config(tok):
+    torch.manual_seed(0)
+    model = small_model(tok)
+    ids = torch.randint(0, tok.vocab_size, (2, 12))
+    sft.set_dropout(model, 0.5)
+    model.train()
+    assert not torch.allclose(model(ids), model(ids))               # two different dropout masks
+    model.eval()
+    assert torch.allclose(model(ids), model(ids))
+    sft.set_dropout(model, model.cfg.dropout)
+    model.train()
+    assert torch.allclose(model(ids), model(ids)) and model.cfg.dropout == 0.0
+    with pytest.raises(MiniLLMError, match="sft.dropout"):
+        sft.set_dropout(model, 1.0)
 
 
 def test_dpo_nll_term_adds_the_chosen_answers_per_token_nll(tok):

@@ -196,3 +196,16 @@ def test_ppo_on_a_bandit_raises_reward_and_respects_kl():
     assert history[0] < 0.2  # before any update: chance level
     assert sum(history[-3:]) / 3 > 0.8
     assert kl_ctl.value != 0.05  # the controller reacted to the measured KL
+
+
+def test_reward_hacking_is_flagged_when_the_rm_rises_and_either_oracle_falls():
+    from minillm.stages.ppo import detect_reward_hacking
+    rising = [{"reward": 1.0 + 0.1 * i, "oracle": 0.8} for i in range(20)]            # RM up, rollout oracle flat
+    assert not detect_reward_hacking(rising)["reward_hacking"]
+    assert not detect_reward_hacking(rising, heldout=[0.77, 0.76, 0.75])["reward_hacking"]   # a fall within noise
+    flagged = detect_reward_hacking(rising, heldout=[0.77, 0.73, 0.69, 0.64])            # held-out prompts break
+    assert flagged["reward_hacking"] and flagged["heldout_oracle_change"] == pytest.approx(-0.13)
+    falling = [{"reward": 1.0 + 0.1 * i, "oracle": 0.8 - 0.02 * i} for i in range(20)]
+    assert detect_reward_hacking(falling)["reward_hacking"]
+    honest = [{"reward": 1.0 + 0.1 * i, "oracle": 0.8 + 0.01 * i} for i in range(20)]
+    assert not detect_reward_hacking(honest, heldout=[0.7, 0.75])["reward_hacking"]

@@ -75,6 +75,11 @@ def rejected_answer(rng, kind, item, world):
     return canonical(type(c)(**{**c.__dict__, t["relation"]: wrong}), t["relation"])
 
 
+def _pair(rng, it, kind, world):
+    return {"prompt": [it["messages"][0]], "chosen": it["messages"][1]["content"],
+            "rejected": rejected_answer(rng, kind, it, world), "kind": kind, "family": it["family"], "id": it["id"]}
+
+
 def make_pairs(rng, items, world, per_item=1):
     """One or more pairs per instruction; `kind` cycles through the family's kinds."""
     counters, pairs = {}, []
@@ -83,8 +88,13 @@ def make_pairs(rng, items, world, per_item=1):
         for _ in range(per_item):
             i = counters.get(it["family"], 0)
             counters[it["family"]] = i + 1
-            kind = kinds[i % len(kinds)]
-            pairs.append({"prompt": [it["messages"][0]], "chosen": it["messages"][1]["content"],
-                          "rejected": rejected_answer(rng, kind, it, world), "kind": kind,
-                          "family": it["family"], "id": it["id"]})
+            pairs.append(_pair(rng, it, kinds[i % len(kinds)], world))
     return pairs
+
+
+def wrong_fact_pairs(rng, items, world, n):
+    """n wrong-fact pairs on instructions drawn from `items` (without repeats while they last): the kind a reward
+    model finds hardest, because telling a wrong value from a right one takes knowledge, not style."""
+    pool = [it for it in items if "wrong_fact" in _FAMILY_KINDS[it["family"]]]
+    picked = rng.sample(pool, min(n, len(pool))) if pool else []
+    return [_pair(rng, it, "wrong_fact", world) for it in picked]

@@ -149,14 +149,17 @@ def collate_pairs(pairs, pad_id: int) -> dict:
 
 
 def collate_sequences(examples, pad_id: int) -> dict:
-    """[(ids, mask)] -> whole sequences right-padded: input_ids (B, T) and last_index (B,) of the last real token.
-
-    The reward model reads the whole conversation and is scored at its last token (the answer's <|end|>)."""
+    """[(ids, mask)] -> whole sequences right-padded: input_ids (B, T), last_index (B,) of the last real token and
+    answer_mask (B, T), 1 on the answer's tokens. The reward model reads the whole conversation and pools its
+    per-token scores over the answer (or reads the last token, the answer's <|end|>)."""
     T = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    for b, (ids, _) in enumerate(examples):
+    answer_mask = torch.zeros(len(examples), T)
+    for b, (ids, mask) in enumerate(examples):
         input_ids[b, :len(ids)] = torch.tensor(ids)
-    return {"input_ids": input_ids, "last_index": torch.tensor([len(ids) - 1 for ids, _ in examples])}
+        answer_mask[b, :len(mask)] = torch.tensor(mask, dtype=torch.float32)
+    return {"input_ids": input_ids, "last_index": torch.tensor([len(ids) - 1 for ids, _ in examples]),
+            "answer_mask": answer_mask}
 
 
 def left_pad(prompts: list[list[int]], pad_id: int):

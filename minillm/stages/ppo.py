@@ -25,6 +25,7 @@ Defaults, with the references they come from and what we changed for a 1M-parame
     rollout 64 prompts, minibatch 16, 30 iterations on tiny.
 """
 import copy
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from minillm.checkpoint import atomic_write_json, load_model, read_manifest, sav
 from minillm.config import RunConfig
 from minillm.errors import MiniLLMError
 from minillm.stages import chatdata, lineage, rl
-from minillm.stages.reward import scores_at
+from minillm.stages.reward import scores_at, sequence_scores
 
 
 @dataclass
@@ -129,7 +130,11 @@ def make_rollout(agent: PolicyWithValue, ref, rm, tok, prompts, cfg: PPOSection,
     logprobs = rl.token_logprobs(logits[:, :-1], input_ids[:, 1:])            # (B, T-1)
     ref_logprobs = rl.token_logprobs(ref(input_ids, attention_mask)[:, :-1], input_ids[:, 1:])
     last = (P - 1 + lengths).clamp(max=input_ids.shape[1] - 1)                # index of the last answer token
-    scores = scores_at(rm, input_ids, last, attention_mask)                   # (B,)
+    if getattr(rm, "score_pool", "last") == "mean":  # the pooling the reward model was trained with
+        answer_tokens = torch.nn.functional.pad(mask, (1, 0))                  # (B, T): 1 on the answer's tokens
+        scores = sequence_scores(rm, input_ids, answer_tokens, attention_mask, pool="mean")  # (B,)
+    else:
+        scores = scores_at(rm, input_ids, last, attention_mask)               # (B,)
     ended = torch.tensor([g["ended"] for g in gens])
     scores = scores - cfg.missing_end_penalty * (~ended).float()
     oracle_scores = [oracle.score(p, g["text"])[0] for p, g in zip(prompts, gens)] if oracle is not None else []
@@ -160,21 +165,27 @@ def ppo_iteration(agent, ref, rm, tok, prompts, optimizer, kl_ctl, cfg: PPOSecti
     return metrics, ro
 
 
-def detect_reward_hacking(history: list[dict], window: int = 5, min_rise: float = 0.1, min_fall: float = 0.05):
-    """Reward hacking: the RM score rose while the oracle fell, comparing the first and last `window` iterations.
+def detect_reward_hacking(history: list[dict], window: int = 5, min_rise: float = 0.1, min_fall: float = 0.05,
+                          heldout: tuple = ()):
+    """Reward hacking: the RM score rose while the oracle fell, comparing the first and last `window` iterations
+    (oracle on the rollouts), or the first and last of `heldout` (oracle scores on fixed held-out prompts, which
+    catch a policy that keeps its training prompts but breaks on new ones).
 
-    Returns {"reward_hacking": bool, "reward_change", "oracle_change"} (changes are last-window − first-window means).
+    Returns {"reward_hacking": bool, "reward_change", "oracle_change", "heldout_oracle_change"} (changes are
+    last-window − first-window means; last − first for held-out).
     """
+    d_heldout = heldout[-1] - heldout[0] if len(heldout) >= 2 else 0.0
     rows = [h for h in history if "oracle" in h]
     if len(rows) < 2 * window:
         window = max(len(rows) // 2, 1)
     if len(rows) < 2:
-        return {"reward_hacking": False, "reward_change": 0.0, "oracle_change": 0.0}
+        return {"reward_hacking": False, "reward_change": 0.0, "oracle_change": 0.0, "heldout_oracle_change": d_heldout}
     mean = lambda xs, k: sum(x[k] for x in xs) / len(xs)
     d_reward = mean(rows[-window:], "reward") - mean(rows[:window], "reward")
     d_oracle = mean(rows[-window:], "oracle") - mean(rows[:window], "oracle")
-    hacked = d_reward > min_rise and d_oracle < -min_fall
-    return {"reward_hacking": bool(hacked), "reward_change": d_reward, "oracle_change": d_oracle}
+    hacked = d_reward > min_rise and min(d_oracle, d_heldout) < -min_fall
+    return {"reward_hacking": bool(hacked), "reward_change": d_reward, "oracle_change": d_oracle,
+            "heldout_oracle_change": d_heldout}
 
 
 def load_prompts(path, world):
@@ -206,6 +217,8 @@ def load_reward_model(reward_run, tok):
     rm, rm_tok, _ = load_model(reward_run)
     if rm_tok is None or rm_tok.vocab_size != tok.vocab_size or rm_tok.special_ids != tok.special_ids:
         raise MiniLLMError(f"--reward {reward_run} uses a different tokenizer than the policy; train it from this SFT run")
+    with open(os.path.join(reward_run, "config.json")) as f:
+        rm.score_pool = json.load(f).get("reward", {}).get("pool", "last")  # runs from before pooling: "last"
     return rm.requires_grad_(False)
 
 
@@ -297,7 +310,9 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     policy.eval()
     save_model(out, policy)
     train_rows = [r for r in rows if "reward" in r]
-    hacking = detect_reward_hacking(train_rows)
+    end_row = {"step": cfg.ppo.iterations, "heldout_oracle": heldout_oracle()}   # the same prompts as step 0
+    hacking = detect_reward_hacking(train_rows, heldout=[r["heldout_oracle"] for r in rows + [end_row]
+                                                         if "heldout_oracle" in r])
     final = {k: train_rows[-1][k] for k in ("reward", "kl", "kl_coef", "entropy", "clipfrac", "oracle")
              if train_rows and k in train_rows[-1]}
     final["train_time_s"] = round(time.time() - t0, 2)
@@ -306,7 +321,6 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     evaluation["kl_to_reference"] = kl_to_reference(policy, ref, tok, heldout_prompts)
     evaluation.update(lm_metrics(policy, tok, world))
     evaluation.update(hacking)
-    end_row = {"step": cfg.ppo.iterations, "heldout_oracle": heldout_oracle()}   # the same prompts as step 0
     logger.log(**end_row)
     plot_ppo(out, rows + [end_row])
     write_manifest(out, status="done")

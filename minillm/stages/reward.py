@@ -1,23 +1,30 @@
 """Reward model: the SFT model with its LM head swapped for a scalar head, trained on preference pairs.
 
-A reward model reads a whole conversation and outputs one number, read at the answer's last token (<|end|>):
-r(x, y) = w · h_T + b. Humans (here, the world's oracle-made pairs) only say which of two answers is better,
+A reward model reads a whole conversation and outputs one number. The head scores every position,
+r_t = w · h_t + b, and the sequence's score pools them over the answer's tokens (pool "last": r at the answer's
+last token <|end|>, InstructGPT's choice; pool "mean": the average of r_t over the answer, the tiny default). Humans (here, the world's oracle-made pairs) only say which of two answers is better,
 so the scores are fit with the Bradley–Terry model
 
     P(y_c ≻ y_r | x) = σ(r(x, y_c) − r(x, y_r)),    L = −log σ(r_c − r_r − margin)
 
-which fixes r only up to a constant: what it learns is an ordering. Starting from the SFT model (InstructGPT)
+which fixes r only up to a constant: what it learns is an ordering. Why "mean" on the tiny world: a wrong fact
+("The capital of X is Brisk.") is visible at the token where the trunk's prediction and the text disagree, and a
+mean lets that token's score count directly instead of routing it through attention to <|end|> (held-out test pairs,
+same SFT parent: wrong-fact pairs 0.62 -> 0.68-0.74, all pairs 0.87 -> 0.91-0.92). `extra_wrong_facts` adds that
+share of extra wrong-fact pairs (the hardest kind) to the training pairs. Starting from the SFT model (InstructGPT)
 means the reward model already reads the chat format; only the head is new. Its held-out pairwise accuracy
 (share of pairs with r_c > r_r) is its metric. References: Bradley & Terry 1952; Ouyang et al. 2022 (§3.5);
 Touvron et al. 2023 (Llama 2, margin); Stiennon et al. 2020.
 """
 import copy
+import random
 from dataclasses import dataclass, field
 
 import torch
 
 from minillm.checkpoint import sha256_texts
 from minillm.config import RunConfig
+from minillm.errors import MiniLLMError
 from minillm.model import Transformer
 from minillm.stages import chatdata, lineage, rl
 
@@ -35,15 +42,31 @@ def reward_model_from(policy: Transformer) -> Transformer:
     return rm
 
 
+POOLS = ("last", "mean")
+
+
 def scores_at(rm, input_ids, last_index, attention_mask=None):
     """Reward-model score of each sequence at its last real token: input_ids (B, T), last_index (B,) -> (B,)."""
     all_scores = rm(input_ids, attention_mask)                               # (B, T)
     return all_scores.gather(1, last_index[:, None]).squeeze(1).float()      # (B,)
 
 
-def reward_loss(model, batch, margin: float = 0.0):
+def sequence_scores(rm, input_ids, answer_mask, attention_mask=None, pool="last"):
+    """One score per sequence from the per-token scores, pooled over the answer (answer_mask (B, T) is 1 on the
+    answer's tokens, its <|end|> included): "last" reads the last answer token, "mean" averages them. -> (B,)"""
+    if pool not in POOLS:
+        raise MiniLLMError(f"reward.pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    answer_mask = answer_mask.float()
+    if pool == "last":
+        positions = torch.arange(answer_mask.shape[1], device=answer_mask.device)               # (T,)
+        return scores_at(rm, input_ids, (answer_mask * positions).argmax(1), attention_mask)   # (B,)
+    all_scores = rm(input_ids, attention_mask).float()                                          # (B, T)
+    return (all_scores * answer_mask).sum(1) / answer_mask.sum(1).clamp(min=1.0)                # (B,)
+
+
+def reward_loss(model, batch, margin: float = 0.0, pool: str = "last"):
     """Bradley–Terry loss on a batch of 2B sequences (chosen rows first, see chatdata.collate_sequences)."""
-    scores = scores_at(model, batch["input_ids"], batch["last_index"])      # (2B,)
+    scores = sequence_scores(model, batch["input_ids"], batch["answer_mask"], pool=pool)  # (2B,)
     r_chosen, r_rejected = scores.chunk(2)                                   # (B,), (B,)
     loss, metrics = rl.bradley_terry_loss(r_chosen, r_rejected, margin)
     metrics["reward_mean"] = scores.mean().item()
@@ -56,14 +79,14 @@ def collate(pairs, pad_id):
 
 
 @torch.no_grad()
-def pairwise_accuracy(rm, tok, pairs_encoded, batch_size=64, by_kind=None):
+def pairwise_accuracy(rm, tok, pairs_encoded, batch_size=64, by_kind=None, pool="last"):
     """Share of held-out pairs the reward model orders correctly (r_c > r_r); with by_kind, also per kind."""
     was = rm.training
     rm.eval()
     correct = []
     for i in range(0, len(pairs_encoded), batch_size):
         batch = collate(pairs_encoded[i:i + batch_size], tok.pad_id)
-        r_c, r_r = scores_at(rm, batch["input_ids"], batch["last_index"]).chunk(2)
+        r_c, r_r = sequence_scores(rm, batch["input_ids"], batch["answer_mask"], pool=pool).chunk(2)
         correct += (r_c > r_r).tolist()
     rm.train(was)
     out = {"pairwise_accuracy": sum(correct) / max(len(correct), 1)}
@@ -79,6 +102,8 @@ def pairwise_accuracy(rm, tok, pairs_encoded, batch_size=64, by_kind=None):
 class RewardSection:
     data: str = ""          # "" = the world's preference pairs, or a .jsonl with prompt / chosen / rejected
     margin: float = 0.0     # Bradley–Terry margin (0 = plain BT)
+    pool: str = "mean"      # how the per-token scores become one: "last" (the <|end|> token) | "mean" (over the answer)
+    extra_wrong_facts: float = 0.3  # world data only: extra wrong-fact pairs, as a share of the training pairs
     eval_limit: int = 0     # held-out pairs in the evaluation (0 = all)
 
 
@@ -108,8 +133,8 @@ class RewardStage(lineage.SampledStage):
     """Bradley–Terry on preference pairs, for train.train()."""
     name = "reward"
 
-    def __init__(self, tok, train_pairs, val_pairs, margin=0.0, seed=0, evaluate=None):
-        self.tok, self.train, self.val, self.margin = tok, train_pairs, val_pairs, margin
+    def __init__(self, tok, train_pairs, val_pairs, margin=0.0, seed=0, evaluate=None, pool="last"):
+        self.tok, self.train, self.val, self.margin, self.pool = tok, train_pairs, val_pairs, margin, pool
         self.sampler = lineage.Sampler(len(train_pairs), seed)
         self._evaluate = evaluate
 
@@ -122,16 +147,22 @@ class RewardStage(lineage.SampledStage):
                 for i in range(0, min(len(val), batch_size * n), batch_size)]
 
     def loss(self, model, batch):
-        return reward_loss(model, batch, self.margin)
+        return reward_loss(model, batch, self.margin, self.pool)
 
 
-def preference_data(path, world):
-    """-> (train, val, test) preference pairs from a .jsonl path (10% held out) or, with path "", the world."""
+def preference_data(path, world, extra_wrong_facts=0.0, seed=0):
+    """-> (train, val, test) preference pairs from a .jsonl path (10% held out) or, with path "", the world (plus
+    extra wrong-fact pairs on the training instructions, a share `extra_wrong_facts` of the training pairs)."""
     if path:
         pairs = chatdata.load_preferences(path)
         n_val = max(1, len(pairs) // 10) if len(pairs) > 1 else 0
         return pairs[n_val:], pairs[:n_val], pairs[:n_val]
-    return world.preference_pairs("train"), world.preference_pairs("val"), world.preference_pairs("test")
+    train_p = world.preference_pairs("train")
+    if extra_wrong_facts > 0:
+        from minillm.data.preferences import wrong_fact_pairs
+        train_p += wrong_fact_pairs(random.Random(seed), world.instructions("train"), world,
+                                    int(len(train_p) * extra_wrong_facts))
+    return train_p, world.preference_pairs("val"), world.preference_pairs("test")
 
 
 def run_reward(parent, out, preset="tiny", data="", config_file=None, overrides=(), resume=False):
@@ -144,17 +175,17 @@ def run_reward(parent, out, preset="tiny", data="", config_file=None, overrides=
     model = reward_model_from(policy)
     cfg.model = model.cfg
     world = World(seed=cfg.data.world_seed)
-    train_p, val_p, test_p = preference_data(cfg.reward.data, world)
+    train_p, val_p, test_p = preference_data(cfg.reward.data, world, cfg.reward.extra_wrong_facts, cfg.train.seed)
     block = model.cfg.block_size
     stage = RewardStage(tok, encode_pairs(tok, train_p, block), encode_pairs(tok, val_p, block),
-                        margin=cfg.reward.margin, seed=cfg.train.seed)
+                        margin=cfg.reward.margin, seed=cfg.train.seed, pool=cfg.reward.pool)
     resume = lineage.start_run(out, tok, parent, resume)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
                     manifest=lineage.manifest_fields("reward", parent, out, sha256_texts(
                         [str(p["prompt"]) + p["chosen"] + p["rejected"] for p in train_p])))
     test_p = test_p[:cfg.reward.eval_limit or None]
     evaluation = pairwise_accuracy(model, tok, encode_pairs(tok, test_p, block),
-                                   by_kind=[p.get("kind", "user") for p in test_p])
-    train_acc = pairwise_accuracy(model, tok, stage.train[:cfg.reward.eval_limit or 256])
+                                   by_kind=[p.get("kind", "user") for p in test_p], pool=cfg.reward.pool)
+    train_acc = pairwise_accuracy(model, tok, stage.train[:cfg.reward.eval_limit or 256], pool=cfg.reward.pool)
     evaluation["train_pairwise_accuracy"] = train_acc["pairwise_accuracy"]
     return lineage.finish_run(out, metrics, evaluation)

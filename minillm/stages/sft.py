@@ -21,6 +21,13 @@ Two mixes keep a tiny model honest (on the world's data):
               of Nafoua is", it completes correctly). Replay keeps that knowledge reachable (~0.8). This is
               InstructGPT's "ptx" term (pretraining gradients mixed into RLHF) applied to SFT.
   harmful_upsample  refusals are a few percent of the instructions; repeating them keeps refusal_rate high.
+  dropout     optional (default 0): residual dropout during SFT only (the saved model keeps the parent's).
+              Without it the answer's first words depend on *which* country is asked about: for countries the
+              instructions never name, "The" was followed by the relation asked for in 58 of 81 probes ("Tell me
+              the currency of Penethor." -> "The capital of Penethor is ..."), against 81/81 for drilled ones.
+              Dropout 0.1 raised that to 78/81 with the knowledge intact (forced "The currency of Penethor is":
+              54/54), but one-word and list answers got worse and held-out accuracy did not rise (val 0.58 ->
+              0.60, test 0.65 -> 0.60), so it stays off (Srivastava et al. 2014).
 
 Defaults (tiny): lr 3e-4 constant after warmup, a few epochs over the world's instructions. References:
 Ouyang et al. 2022 (InstructGPT, SFT stage and the ptx mix); Wei et al. 2021 (FLAN); nanochat's chat_sft.py.
@@ -83,6 +90,7 @@ class SFTSection:
     replay: float = 0.2             # share of training examples that are windows of the world's text (world data only)
     replay_tokens: int = 48         # tokens per replay window
     harmful_upsample: int = 5       # each harmful instruction is seen this many times per epoch (world data only)
+    dropout: float = 0.0            # residual dropout while instruction tuning (0 = the parent's own)
 
 
 @dataclass
@@ -155,6 +163,15 @@ def training_mix(tok, cfg, world, train_ex, block_size):
     return encoded
 
 
+def set_dropout(model, p):
+    """Set every nn.Dropout in the model to probability p (the model config is left unchanged)."""
+    if not 0 <= p < 1:
+        raise MiniLLMError(f"sft.dropout must be in [0, 1), got {p}")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
 def instruction_data(tok, cfg, world):
     """-> (train, val, held-out test examples or None) from --data or the world."""
     if cfg.sft.data:
@@ -178,9 +195,11 @@ def run_sft(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     stage = SFTStage(tok, training_mix(tok, cfg, world, train_ex, block), encode_instructions(tok, val_ex, block),
                      seed=cfg.train.seed)
     resume = lineage.start_run(out, tok, parent, resume)
+    set_dropout(model, cfg.sft.dropout or model.cfg.dropout)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
                     manifest=lineage.manifest_fields("sft", parent, out, sha256_texts(
                         [str(ex["messages"]) for ex in train_ex])))
+    set_dropout(model, model.cfg.dropout)
     evaluation = {"val_answer_loss": heldout_loss(model, tok, stage.val or stage.train)}
     if test_ex is not None:
         from minillm.data.oracle import Oracle
