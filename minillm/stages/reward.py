@@ -2,8 +2,8 @@
 
 A reward model reads a whole conversation and outputs one number. The head scores every position,
 r_t = w · h_t + b, and the sequence's score pools them over the answer's tokens (pool "last": r at the answer's
-last token <|end|>, InstructGPT's choice; pool "mean": the average of r_t over the answer, the tiny default). Humans (here, the world's oracle-made pairs) only say which of two answers is better,
-so the scores are fit with the Bradley–Terry model
+last token <|end|>, InstructGPT's choice; pool "mean": the average of r_t over the answer, the tiny default).
+Humans (here, the world's oracle-made pairs) only say which of two answers is better, so the scores are fit with the Bradley–Terry model
 
     P(y_c ≻ y_r | x) = σ(r(x, y_c) − r(x, y_r)),    L = −log σ(r_c − r_r − margin)
 
@@ -11,7 +11,9 @@ which fixes r only up to a constant: what it learns is an ordering. Why "mean" o
 ("The capital of X is Brisk.") is visible at the token where the trunk's prediction and the text disagree, and a
 mean lets that token's score count directly instead of routing it through attention to <|end|> (held-out test pairs,
 same SFT parent: wrong-fact pairs 0.62 -> 0.68-0.74, all pairs 0.87 -> 0.91-0.92). `extra_wrong_facts` adds that
-share of extra wrong-fact pairs (the hardest kind) to the training pairs. Starting from the SFT model (InstructGPT)
+share of extra wrong-fact pairs (the hardest kind) to the training pairs. The price: a mean is easier to game
+with answers no pair ever showed (one PPO run answered every list with a single continent name; see ppo.py's
+hacking flag and benchmarks/results/pipeline_cpu.md). Starting from the SFT model (InstructGPT)
 means the reward model already reads the chat format; only the head is new. Its held-out pairwise accuracy
 (share of pairs with r_c > r_r) is its metric. References: Bradley & Terry 1952; Ouyang et al. 2022 (§3.5);
 Touvron et al. 2023 (Llama 2, margin); Stiennon et al. 2020.
