@@ -3,7 +3,8 @@
 A reward model reads a whole conversation and outputs one number. The head scores every position,
 r_t = w · h_t + b, and the sequence's score pools them over the answer's tokens (pool "last": r at the answer's
 last token <|end|>, InstructGPT's choice; pool "mean": the average of r_t over the answer, the tiny default).
-Humans (here, the world's oracle-made pairs) only say which of two answers is better, so the scores are fit with the Bradley–Terry model
+Humans (here, the world's oracle-made pairs) only say which of two answers is better, so the scores are fit
+with the Bradley–Terry model
 
     P(y_c ≻ y_r | x) = σ(r(x, y_c) − r(x, y_r)),    L = −log σ(r_c − r_r − margin)
 
