@@ -12,7 +12,7 @@ and the loss is the next-token cross-entropy only where the mask is 1 (the assis
 so the model learns to answer — and to stop, because <|end|> is a target — without being trained to write
 the user's questions. Batches are padded with <|pad|> (mask 0), never with <|endoftext|>.
 
-Two mixes keep a tiny model honest (on the world's data):
+Two mixes keep a tiny model honest (on the world's data), and one option was tried:
 
   replay      a share of the examples are short windows of the world's text (general + domain) with the loss on
               every token. Without it, SFT on 39 countries teaches "answer about a country you were drilled on":
