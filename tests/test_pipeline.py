@@ -135,3 +135,19 @@ def test_minillm_eval_reports_post_training_metrics(journey, capsys):
     assert main(["eval", "--run", f"{out}/finetune", "--json"]) == 0
     ft = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ft["domain_perplexity"] > 1 and "parent_domain_perplexity" in ft   # the stage's own numbers are kept
+
+
+def test_minillm_eval_scores_a_reward_model_with_the_pooling_it_was_trained_with(journey):
+    from minillm.checkpoint import load_model
+    from minillm.data.world import World
+    from minillm.evals.chat import eval_reward_model
+    from minillm.stages.reward import encode_pairs, pairwise_accuracy
+    out, _ = journey
+    model, tok, manifest = load_model(f"{out}/reward")
+    with open(f"{out}/reward/config.json") as f:
+        config = json.load(f)
+    assert config["reward"]["pool"] == "mean"  # the tiny and smoke default; `last` would score other positions
+    enc = encode_pairs(tok, World(seed=0).preference_pairs("test"), model.cfg.block_size)
+    by_pool = {pool: pairwise_accuracy(model, tok, enc, pool=pool)["pairwise_accuracy"] for pool in ("mean", "last")}
+    got = eval_reward_model(f"{out}/reward", model, tok, manifest, config)["pairwise_accuracy"]
+    assert got == by_pool["mean"], by_pool

@@ -253,3 +253,25 @@ def test_dpo_nll_term_adds_the_chosen_answers_per_token_nll(tok):
     n = batch["loss_mask"].sum(1)[:2]
     assert math.isclose(with_nll.item(), plain.item() + 0.5 * (-(chosen / n).mean().item()), rel_tol=1e-5)
     assert m["chosen_nll"] > 0
+
+
+@pytest.mark.parametrize("rm_likes_right", [True, False])
+def test_best_of_n_grades_the_reward_models_pick(monkeypatch, rm_likes_right):
+    from minillm.data.oracle import Oracle
+    from minillm.data.world import World
+    from minillm.evals import best_of_n as bon
+    w = World(seed=0)
+    item = next(x for x in w.instructions("test") if x["family"] == "fact")
+    right, wrong = item["task"]["reference"], "I think it is a lovely place."
+    scripted = iter([[wrong], [wrong], [right], [wrong]])  # greedy, then n=3 samples
+
+    def fake_generate(policy, tok, prompts, **kw):
+        return [{"prompt_ids": [0], "response_ids": [1], "ended": True, "text": t} for t in next(scripted)]
+
+    monkeypatch.setattr(bon.chatdata, "generate_chat", fake_generate)
+    monkeypatch.setattr(bon, "reward_of", lambda rm, tok, gens, batch_size=64: torch.tensor(
+        [1.0 if (g["text"] == right) == rm_likes_right else 0.0 for g in gens]))
+    m = bon.best_of_n(torch.nn.Linear(1, 1), None, None, Oracle(w), [item["messages"][:1]], n=3)
+    assert m["greedy_accuracy"] == 0 and m["sample_accuracy"] == 0 and m["any_of_n_accuracy"] == 1
+    assert m["best_of_n_accuracy"] == float(rm_likes_right)
+    assert m["best_of_n_score"] == (1.0 if rm_likes_right else pytest.approx(0.4))

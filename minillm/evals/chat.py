@@ -153,8 +153,9 @@ def eval_reward_model(run_dir, model, tok, manifest, config):
     """reward: pairwise accuracy on the world's held-out preference pairs (overall and per kind of mistake)."""
     from minillm.stages.reward import encode_pairs, pairwise_accuracy
     pairs = _world(config).preference_pairs("test")
+    pool = config.get("reward", {}).get("pool", "last")  # score the way the model was trained to
     return {**_previous(run_dir), **pairwise_accuracy(model, tok, encode_pairs(tok, pairs, model.cfg.block_size),
-                                                      by_kind=[p.get("kind", "") for p in pairs])}
+                                                      by_kind=[p.get("kind", "") for p in pairs], pool=pool)}
 
 
 POST_EVALUATORS = {"finetune": eval_language_model, "sft": eval_chat_model, "ppo": eval_chat_model,

@@ -114,6 +114,17 @@ def frozen_copy(model):
 
 
 @torch.no_grad()
+def rollout_scores(rm, input_ids, attention_mask, mask, P):
+    """Reward-model scores (B,) of packed answers (chatdata.pack_rollout; P = padded prompt length), pooled the
+    way the reward model was trained: at the last answer token, or the mean over the answer's tokens."""
+    if getattr(rm, "score_pool", "last") == "mean":
+        answer_tokens = torch.nn.functional.pad(mask, (1, 0))                  # (B, T): 1 on the answer's tokens
+        return sequence_scores(rm, input_ids, answer_tokens, attention_mask, pool="mean")
+    last = (P - 1 + mask.sum(1).long()).clamp(max=input_ids.shape[1] - 1)    # (B,) index of the last answer token
+    return scores_at(rm, input_ids, last, attention_mask)
+
+
+@torch.no_grad()
 def make_rollout(agent: PolicyWithValue, ref, rm, tok, prompts, cfg: PPOSection, generator=None, oracle=None):
     """Sample answers to `prompts` (lists of messages) and build everything PPO needs, as (B, ·) tensors.
 
@@ -125,16 +136,10 @@ def make_rollout(agent: PolicyWithValue, ref, rm, tok, prompts, cfg: PPOSection,
                                   temperature=cfg.temperature, batch_size=len(prompts), generator=generator)
     input_ids, attention_mask, mask = chatdata.pack_rollout(gens, tok.pad_id)   # (B, T), (B, T), (B, T-1)
     P = max(len(g["prompt_ids"]) for g in gens)
-    lengths = mask.sum(1).long()                                              # (B,)
     logits, values = agent(input_ids, attention_mask)                         # (B, T, V), (B, T)
     logprobs = rl.token_logprobs(logits[:, :-1], input_ids[:, 1:])            # (B, T-1)
     ref_logprobs = rl.token_logprobs(ref(input_ids, attention_mask)[:, :-1], input_ids[:, 1:])
-    last = (P - 1 + lengths).clamp(max=input_ids.shape[1] - 1)                # index of the last answer token
-    if getattr(rm, "score_pool", "last") == "mean":  # the pooling the reward model was trained with
-        answer_tokens = torch.nn.functional.pad(mask, (1, 0))                  # (B, T): 1 on the answer's tokens
-        scores = sequence_scores(rm, input_ids, answer_tokens, attention_mask, pool="mean")  # (B,)
-    else:
-        scores = scores_at(rm, input_ids, last, attention_mask)               # (B,)
+    scores = rollout_scores(rm, input_ids, attention_mask, mask, P)           # (B,)
     ended = torch.tensor([g["ended"] for g in gens])
     scores = scores - cfg.missing_end_penalty * (~ended).float()
     oracle_scores = [oracle.score(p, g["text"])[0] for p, g in zip(prompts, gens)] if oracle is not None else []
