@@ -11,10 +11,10 @@ import time
 
 import torch
 
+from minillm.checkpoint import load_model
 from minillm.data.oracle import Oracle
 from minillm.data.world import World
 from minillm.evals.best_of_n import best_of_n
-from minillm.checkpoint import load_model
 from minillm.stages import chatdata
 from minillm.stages.ppo import load_reward_model
 
@@ -36,7 +36,7 @@ def main():
     sets = {"test (held out)": world.instructions("test"),
             "train": random.Random(0).sample(world.instructions("train"), a.train_prompts)}
     cols = ("greedy", "sample", "best_of_n")
-    print(f"| prompts | n | " + " | ".join(f"{c} score / acc" for c in cols) + " | any_of_n acc | time (s) |")
+    print("| prompts | n | " + " | ".join(f"{c} score / acc" for c in cols) + " | any_of_n acc | time (s) |")
     print("|---|---|" + "---|" * (len(cols) + 2))
     for name, items in sets.items():
         t = time.time()
