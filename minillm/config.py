@@ -62,6 +62,7 @@ class DataConfig:
     mlm_prob: float = 0.15        # masked LM: fraction of tokens selected for prediction
     allow_leakage: bool = False   # train even when the data contains too much of an eval set (recorded)
     leakage_threshold: float = 0.01  # largest share of any eval set allowed inside the training data
+    faq: bool = True              # world only: the training instructions as Q/A pages in the corpora (data/faq.py)
 
 
 @dataclass

@@ -93,11 +93,14 @@ class FinetuneStage:
         self.g.set_state(d["rng"])
 
 
-def domain_texts(path, world):
-    """-> (train docs, val docs) from the user's text (10% of documents held out) or the world's domain corpus."""
+def domain_texts(path, world, faq=True, seed=0):
+    """-> (train docs, val docs) from the user's text (10% of documents held out) or the world's domain corpus
+    (with the domain questions of the SFT set as FAQ pages when `faq`, as in pretraining: data/faq.py)."""
     if not path:
+        from minillm.data.faq import DOMAIN_FAMILIES, with_faq
         from minillm.data.hygiene import cleaned_world
-        return cleaned_world(world)[0]["domain"], world.domain_corpus("val")
+        train = cleaned_world(world)[0]["domain"]
+        return (with_faq(train, world, DOMAIN_FAMILIES, seed) if faq else train), world.domain_corpus("val")
     from minillm.data.readers import read_documents
     docs = read_documents(path)
     if not docs:
@@ -115,7 +118,7 @@ def run_finetune(parent, out, preset="tiny", data="", config_file=None, override
     cfg = lineage.stage_config(FinetuneConfig, "finetune", preset, DEFAULTS, model, config_file,
                                list(overrides) + ([f"finetune.data={data}"] if data else []))
     world = World(seed=cfg.data.world_seed)
-    train_docs, val_docs = domain_texts(cfg.finetune.data, world)
+    train_docs, val_docs = domain_texts(cfg.finetune.data, world, cfg.data.faq, cfg.train.seed)
     from minillm.data.hygiene import cleaned_world
     replay = tokenize_documents(tok, cleaned_world(world)[0]["general"]) if cfg.finetune.replay > 0 else None
     stage = FinetuneStage(tokenize_documents(tok, train_docs), tokenize_documents(tok, val_docs),

@@ -4,7 +4,9 @@
     mlm:  L = -1/|M| sum_{t in M} log p(x_t | x~)               x~: the window with 15% of tokens masked (80/10/10)
 
 Data: the embedded world's general corpus (its own train/val split) or the user's text, tokenised once into
-shards in <run>/data/. The tokenizer is trained on the training documents unless one is given.
+shards in <run>/data/. The tokenizer is trained on the training documents unless one is given. On the world,
+`data.faq` (default on) deals the SFT training questions into the corpus as FAQ pages: mixed training, which
+makes facts answerable for countries SFT never asks about (minillm/data/faq.py).
 """
 import os
 
@@ -105,6 +107,12 @@ def prepare(cfg, run_dir, resume=False, progress=False):
         raise MiniLLMError(f"unknown objective {cfg.objective!r}; choose clm or mlm")
     train_docs, val_docs, world = load_documents(cfg.data)
     leakage = leakage_gate(train_docs, val_docs, world, cfg.data)
+    n_faq = 0
+    if world is not None and cfg.data.faq:
+        from minillm.data.faq import GENERAL_FAMILIES, with_faq
+        n_docs = len(train_docs)
+        train_docs = with_faq(train_docs, world, GENERAL_FAMILIES, cfg.train.seed)  # after the gate: see faq.py
+        n_faq = len(train_docs) - n_docs
     tok_path = os.path.join(run_dir, "tokenizer.json")
     if resume and os.path.exists(tok_path):
         tok = load_tokenizer(run_dir)
@@ -122,7 +130,7 @@ def prepare(cfg, run_dir, resume=False, progress=False):
                           cfg.data.mlm_prob, cfg.train.seed, world)
     fields = {"stage": "pretrain", "objective": cfg.objective, "parent": None,
               "data_source": cfg.data.source, "data_sha256": sha256_texts(train_docs + val_docs),
-              "tokenizer_sha256": tok_sha, "leakage": leakage}
+              "tokenizer_sha256": tok_sha, "leakage": leakage, "faq_pages": n_faq}
     if cfg.data.source == "world":
         from minillm.data.hygiene import cleaned_world, manifest_summary
         fields["hygiene"] = manifest_summary(cleaned_world(world)[1])

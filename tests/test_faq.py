@@ -1,0 +1,61 @@
+"""FAQ pages (mixed training): the SFT training questions, and nothing held out, as plain Q/A text in the corpora."""
+import random
+import re
+
+import pytest
+
+from minillm.data import faq
+from minillm.data.instructions import DOMAIN_QUESTIONS, HELDOUT_DOMAIN_QUESTIONS, HELDOUT_QUESTIONS, QUESTIONS
+from minillm.data.world import World
+
+
+@pytest.fixture(scope="module")
+def w():
+    return World(seed=0)
+
+
+def _pairs(pages):
+    """'Q: ...\\nA: ...' blocks of every page -> [(question, answer)]."""
+    out = []
+    for page in pages:
+        for block in page.split("\n\n"):
+            q, a = block.split("\nA: ")
+            assert q.startswith("Q: ")
+            out.append((q[3:], a))
+    return out
+
+
+def test_pages_hold_every_training_question_of_the_families_once_and_nothing_else(w):
+    pages = faq.faq_pages(random.Random(0), w.all_instructions(), faq.GENERAL_FAMILIES)
+    got = _pairs(pages)
+    want = [(x["messages"][0]["content"], x["messages"][1]["content"]) for x in w.instructions("train")
+            if x["family"] in faq.GENERAL_FAMILIES]
+    assert sorted(got) == sorted(want)
+    assert all(len(_pairs([p])) <= faq.PER_PAGE for p in pages)
+
+
+def test_no_held_out_entity_wording_or_refusal_reaches_a_page(w):
+    pages = faq.faq_pages(random.Random(0), w.all_instructions(), faq.GENERAL_FAMILIES + faq.DOMAIN_FAMILIES)
+    text = "\n".join(pages)
+    for name in w.heldout_countries + w.heldout_conditions:
+        assert not re.search(rf"\b{name}\b", text, re.IGNORECASE), name
+    assert f"countries in {w.heldout_continent}" not in text
+    held = [t for ts in QUESTIONS.values() for t in ts[-HELDOUT_QUESTIONS:]]
+    held += [t for ts in DOMAIN_QUESTIONS.values() for t in ts[-HELDOUT_DOMAIN_QUESTIONS:]]
+    for tpl in held:
+        stem = tpl.split("{")[0].strip() or tpl.split("}")[-1].strip()
+        pattern = re.escape(tpl).replace(re.escape("{e}"), r"\w+").replace(re.escape("{c}"), r"\w+")
+        assert not re.search(pattern, text), stem
+    assert "I can't help with that." not in text
+
+
+def test_with_faq_keeps_every_document_and_deals_the_pages_in(w):
+    docs = [f"document {i}." for i in range(50)]
+    mixed = faq.with_faq(docs, w, faq.DOMAIN_FAMILIES)
+    pages = [d for d in mixed if d.startswith("Q: ")]
+    assert [d for d in mixed if not d.startswith("Q: ")] == docs
+    domain = {(x["messages"][0]["content"], x["messages"][1]["content"]) for x in w.instructions("train")
+              if x["family"] == "domain"}
+    assert pages and set(_pairs(pages)) == domain
+    assert mixed[:5] != docs[:5] or mixed[-5:] != docs[-5:]  # dealt in, not appended
+    assert faq.with_faq(docs, w, faq.DOMAIN_FAMILIES) == mixed  # deterministic
