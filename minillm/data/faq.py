@@ -6,10 +6,11 @@
     Q: Which language do people speak in Dunhal? Answer in one word.
     A: Dunhic
 
-Why. A pretrained model can hold a fact ("The capital of Pekrouma is Hos." completes right) and still fail to
-*extract* it when asked ("Please give me the currency of Pekrouma." -> "The capital of Pekrouma is Hos."): SFT
-on some countries teaches question -> answer for those countries, and a country SFT never showed keeps the
-features pretraining gave it, which the fresh question-reading circuit does not handle. Allen-Zhu & Li (2023,
+Why. A pretrained model can hold a fact ("The currency of Pekrouma is the" completes " brant") and still fail
+to *extract* it when asked: one of our SFT models answered "Please give me the currency of Pekrouma." with
+"The capital of Pekrouma is Hos." for a country SFT never showed, while it never confused the relation for the
+countries it was instructed on. SFT teaches question -> answer on the features pretraining gave the training
+countries; nothing makes that reading work for the others. Allen-Zhu & Li (2023,
 "Physics of Language Models 3.1: knowledge storage and extraction") show that *mixed training* — question/answer
 data for some individuals inside pretraining — makes extraction generalise to the individuals whose questions
 were never seen: the model learns to store facts in a form questions can reach while it learns the facts.
@@ -23,8 +24,9 @@ checks the corpus as written: that check would flag the pages the way it would f
 test item whose held-out part is only its one-word suffix or friendly lead-in shares its question and answer
 with a training item by design of the split. `data.faq=false` pretrains without them.
 
-Measured on the tiny preset (benchmarks/results/pipeline_cpu.md, session 5): SFT accuracy on 1192 held-out
-instructions 0.607 -> 0.669; held-out-country fact questions 0.61 -> 0.86 on the test split.
+Measured on the tiny pipeline (benchmarks/results/pipeline_cpu.md, session 5), SFT accuracy on 1192 held-out
+instructions (benchmarks/heldout_pool.py), with pages / without, for training seeds 0, 1, 2: 0.694 / 0.607,
+0.590 / 0.596, 0.606 / 0.548 -- a mean gain of 0.046, smaller than the spread between seeds.
 """
 import random
 
