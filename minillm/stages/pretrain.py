@@ -6,7 +6,7 @@
 Data: the embedded world's general corpus (its own train/val split) or the user's text, tokenised once into
 shards in <run>/data/. The tokenizer is trained on the training documents unless one is given. On the world,
 `data.faq` (default on) deals the SFT training questions into the corpus as FAQ pages: mixed training, which
-makes facts answerable for countries SFT never asks about (minillm/data/faq.py).
+helps SFT answer about countries it never asks about -- on average over seeds (minillm/data/faq.py).
 """
 import os
 
