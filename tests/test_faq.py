@@ -43,9 +43,8 @@ def test_no_held_out_entity_wording_or_refusal_reaches_a_page(w):
     held = [t for ts in QUESTIONS.values() for t in ts[-HELDOUT_QUESTIONS:]]
     held += [t for ts in DOMAIN_QUESTIONS.values() for t in ts[-HELDOUT_DOMAIN_QUESTIONS:]]
     for tpl in held:
-        stem = tpl.split("{")[0].strip() or tpl.split("}")[-1].strip()
         pattern = re.escape(tpl).replace(re.escape("{e}"), r"\w+").replace(re.escape("{c}"), r"\w+")
-        assert not re.search(pattern, text), stem
+        assert not re.search(pattern, text), tpl
     assert "I can't help with that." not in text
 
 
