@@ -64,7 +64,13 @@ def run_hygiene(out_dir, preset, overrides):
 
 
 def run_tokenizer(out, preset, overrides):
-    """A BPE tokenizer trained on all the world's text (general, domain and chat), so every stage shares it."""
+    """A BPE tokenizer trained on the world's cleaned text (general and domain), so every stage shares it.
+
+    Not on the instructions: the training instructions name the 39 training countries thousands of times, so a
+    1024-token vocabulary trained on them gave each training country one token and split the nine held-out ones
+    into 3-5 pieces (" P|ek|rou|ma") -- the vocabulary itself told the model which countries were held out, and
+    SFT answers about them came out as a familiar name ("Pekrouma" -> "Pogu"). On the corpus alone every country
+    is one token."""
     from minillm.config import load_config
     from minillm.data.world import World
     from minillm.tokenizer import BPETokenizer
@@ -72,8 +78,7 @@ def run_tokenizer(out, preset, overrides):
     w = World(seed=cfg.data.world_seed)
     from minillm.data.hygiene import cleaned_world
     clean = cleaned_world(w)[0]  # no planted PII in the vocabulary
-    texts = clean["general"] + clean["domain"] + [
-        m["content"] for ex in w.instructions("train") for m in ex["messages"]]
+    texts = clean["general"] + clean["domain"]
     t0 = time.time()
     tok = BPETokenizer.train(texts, vocab_size=cfg.data.vocab_size)
     os.makedirs(out, exist_ok=True)

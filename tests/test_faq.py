@@ -58,3 +58,24 @@ def test_with_faq_keeps_every_document_and_deals_the_pages_in(w):
     assert pages and set(_pairs(pages)) == domain
     assert mixed[:5] != docs[:5] or mixed[-5:] != docs[-5:]  # dealt in, not appended
     assert faq.with_faq(docs, w, faq.DOMAIN_FAMILIES) == mixed  # deterministic
+
+
+def _pieces(tok, names):
+    return sum(len(tok.encode(" " + n)) for n in names) / len(names)
+
+
+def test_the_vocabulary_does_not_know_which_countries_are_held_out(w, tmp_path):
+    """The pipeline's tokenizer and pretrain's own are trained before any instruction or page: trained on them,
+    a 1024-token BPE gave every training country one token and split each held-out one into 3-5 pieces."""
+    from minillm.config import load_config
+    from minillm.pipeline import run_tokenizer
+    from minillm.stages.pretrain import prepare
+    from minillm.tokenizer import load_tokenizer
+    run_tokenizer(str(tmp_path / "tok"), "tiny", [])
+    cfg = load_config("tiny", overrides=["data.faq=true"])
+    _, own, fields = prepare(cfg, str(tmp_path / "pretrain"))
+    assert fields["faq_pages"] > 0
+    held = w.heldout_countries
+    train = [c.name for c in w.countries if c.name not in held]
+    for tok in (load_tokenizer(str(tmp_path / "tok")), own):
+        assert _pieces(tok, held) == pytest.approx(_pieces(tok, train), abs=0.25)
