@@ -12,7 +12,7 @@ from minillm.data.facts import _syllable
 
 DOMAIN_RELATIONS = ("symptom", "treatment", "organ")
 
-DOMAIN_TEMPLATES = {  # {c} condition, {v} value; index 0 is canonical (instruction answers)
+DOMAIN_TEMPLATES = {  # {c} condition, {v} value; index 0 is canonical (instruction answers, relation first)
     "symptom": [
         "The main symptom of {c} is a {v}.",
         "Patients with {c} usually have a {v}.",
@@ -26,10 +26,10 @@ DOMAIN_TEMPLATES = {  # {c} condition, {v} value; index 0 is canonical (instruct
         "For {c}, the usual drug is {v}.",
     ],
     "organ": [
-        "{c} affects the {v}.",
+        "The organ harmed by {c} is the {v}.",
         "{c} is a disease of the {v}.",
         "In {c}, the {v} is damaged.",
-        "The organ harmed by {c} is the {v}.",
+        "{c} affects the {v}.",
     ],
 }
 ORGANS = ["liver", "lungs", "heart", "kidneys", "skin", "stomach", "brain", "bones", "eyes", "blood"]

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 RELATIONS = ("capital", "language", "currency", "continent")
 
-# {e} = the country, {v} = the value. Index 0 is canonical and never held out.
+# {e} = the country, {v} = the value. Index 0 is canonical and never held out: it is the instructions' answer,
+# and for every relation it names the relation before the country ("The continent of {e} is {v}."). With
+# "{e} is a country in {v}." as the answer, SFT models began continent answers about held-out countries with a
+# drilled country's name ("Penethor" -> "Zote is a country in ..."), even when rewriting a sentence about it.
 FORWARD = {
     "capital": [
         "The capital of {e} is {v}.",
@@ -50,20 +53,20 @@ FORWARD = {
         "{e} pays with the {v}.",
     ],
     "continent": [
-        "{e} is a country in {v}.",
+        "The continent of {e} is {v}.",
         "{e} lies in {v}.",
         "{e} is located in {v}.",
         "{e} is part of {v}.",
         "{e} belongs to the continent of {v}.",
         "On the map, {e} is found in {v}.",
-        "The continent of {e} is {v}.",
+        "{e} is a country in {v}.",
         "In geography books, {e} is listed under {v}.",
     ],
 }
 # Forward templates that name the country *before* the relation ("Velmora's capital is"): the model must already
 # hold the answer in its picture of the country, which is harder to learn than "The capital of Velmora is".
 # Held-out test and val phrasings are taken one from each group, so training keeps both kinds for every fact.
-SUBJECT_FIRST = {"capital": {1, 4, 6}, "language": {1, 3, 6}, "currency": {1, 4, 6}, "continent": {1, 2, 3, 4}}
+SUBJECT_FIRST = {"capital": {1, 4, 6}, "language": {1, 3, 6}, "currency": {1, 4, 6}, "continent": {1, 2, 3, 4, 6}}
 BACKWARD = {
     "capital": ["{v} is the capital of {e}.", "The city of {v} is the capital of {e}."],
     "language": ["{v} is spoken in {e}.", "{v} is the language of {e}."],

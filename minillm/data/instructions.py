@@ -15,7 +15,7 @@ templates never appear in training). An item is `train` only when neither its en
 out; the rest is dealt into `test` and `val` (capped per family) and the remainder stays `unused` (the oracle
 still knows it, so a perturbed or unseen prompt can be graded).
 
-Why so many training wordings (nine per relation, six one-word suffixes, several answers per list prompt): with
+Why so many training wordings (nine per relation, ten one-word suffixes, nine per domain relation, several answers per list prompt): with
 four wordings a tiny model learns the strings ("Name the ..." means a capital) instead of the task, and held-out
 wordings fail; many wordings of the same task make the relation word and the entity the only reliable cues
 (FLAN, Wei et al. 2021: more templates per task, better zero-shot generalisation). Held-out wordings are never
@@ -50,7 +50,9 @@ QUESTIONS = {  # the last two of each list are held out (wording split); the res
 }
 HELDOUT_QUESTIONS = 2  # per relation, the last N templates
 ONE_WORD = ["Answer in one word.", "Reply with one word only.", "Use a single word.", "Keep it to a single word.",
-            "Just the name, nothing else.", "Respond with only the word.", "One word, please."]
+            "Just the name, nothing else.", "Respond with only the word.", "No sentence, just the answer.",
+            "Give me the bare answer.", "Write the answer alone.", "A single-word reply is enough.",
+            "One word, please."]
 HELDOUT_ONE_WORD = 1
 LISTS = ["List {n} countries in {k}.", "Name {n} countries in {k}.", "Give me {n} countries of {k}.",
          "Tell me {n} countries in {k}.", "Can you name {n} countries from {k}?", "Please list {n} countries located in {k}.",
@@ -69,12 +71,15 @@ _VERBOSE_TAIL = [", and this has been true for many, many years.", ", as anyone 
 DOMAIN_QUESTIONS = {
     "symptom": ["What is the main symptom of {c}?", "Which symptom does {c} cause?", "How does {c} usually show itself?",
                 "What symptom is typical of {c}?", "Tell me the main symptom of {c}.", "What does {c} cause?",
-                "What sign points to {c}?"],
+                "Which sign shows up first in {c}?", "What do patients with {c} notice?",
+                "Please give me the main symptom of {c}.", "What sign points to {c}?"],
     "treatment": ["What is the treatment for {c}?", "Which drug treats {c}?", "How do doctors treat {c}?",
                   "Which treatment is given for {c}?", "Tell me the treatment for {c}.", "What cures {c}?",
-                  "What medicine is used for {c}?"],
+                  "What do doctors prescribe for {c}?", "Which drug is given to patients with {c}?",
+                  "Please give me the treatment for {c}.", "What medicine is used for {c}?"],
     "organ": ["Which organ does {c} affect?", "What part of the body does {c} harm?", "Where in the body does {c} act?",
               "Which organ is hit by {c}?", "Tell me which organ {c} affects.", "What does {c} attack in the body?",
+              "Where does {c} do its harm?", "In {c}, which organ suffers?", "Please give me the organ {c} affects.",
               "What organ is damaged by {c}?"],
 }
 HELDOUT_DOMAIN_QUESTIONS = 1
