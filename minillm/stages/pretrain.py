@@ -107,19 +107,19 @@ def prepare(cfg, run_dir, resume=False, progress=False):
         raise MiniLLMError(f"unknown objective {cfg.objective!r}; choose clm or mlm")
     train_docs, val_docs, world = load_documents(cfg.data)
     leakage = leakage_gate(train_docs, val_docs, world, cfg.data)
+    corpus_docs, n_faq = train_docs, 0
+    if world is not None and cfg.data.faq:
+        from minillm.data.faq import GENERAL_FAMILIES, with_faq
+        train_docs = with_faq(train_docs, world, GENERAL_FAMILIES, cfg.train.seed)  # after the gate: see faq.py
+        n_faq = len(train_docs) - len(corpus_docs)
     tok_path = os.path.join(run_dir, "tokenizer.json")
     if resume and os.path.exists(tok_path):
         tok = load_tokenizer(run_dir)
-    else:  # before the FAQ pages: they name only training entities, and BPE would merge those alone
-        tok = make_tokenizer(cfg.data.tokenizer, train_docs, cfg.data.vocab_size, progress)
+    else:  # BPE without the FAQ pages: they name only training entities, and BPE would merge those alone
+        tok_docs = train_docs if cfg.data.tokenizer == "char" else corpus_docs  # a char vocabulary needs every char
+        tok = make_tokenizer(cfg.data.tokenizer, tok_docs, cfg.data.vocab_size, progress)
         os.makedirs(run_dir, exist_ok=True)
         tok.save(run_dir)
-    n_faq = 0
-    if world is not None and cfg.data.faq:
-        from minillm.data.faq import GENERAL_FAMILIES, with_faq
-        n_docs = len(train_docs)
-        train_docs = with_faq(train_docs, world, GENERAL_FAMILIES, cfg.train.seed)  # after the gate: see faq.py
-        n_faq = len(train_docs) - n_docs
     cfg.model.vocab_size = tok.vocab_size
     cfg.model.causal = cfg.objective == "clm"
     tok_sha = sha256_file(tok_path)
