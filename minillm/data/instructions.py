@@ -15,9 +15,9 @@ templates never appear in training). An item is `train` only when neither its en
 out; the rest is dealt into `test` and `val` (capped per family) and the remainder stays `unused` (the oracle
 still knows it, so a perturbed or unseen prompt can be graded).
 
-Why so many training wordings (nine per relation, ten one-word suffixes, nine per domain relation, several answers per list prompt): with
-four wordings a tiny model learns the strings ("Name the ..." means a capital) instead of the task, and held-out
-wordings fail; many wordings of the same task make the relation word and the entity the only reliable cues
+Why so many training wordings (nine per relation, ten one-word suffixes, nine per domain relation, several answers
+per list prompt): with four wordings a tiny model learns the strings ("Name the ..." means a capital) instead of
+the task, and held-out wordings fail (with six suffixes, the held-out "One word, please." got a full sentence); many wordings of the same task make the relation word and the entity the only reliable cues
 (FLAN, Wei et al. 2021: more templates per task, better zero-shot generalisation). Held-out wordings are never
 near-copies of training ones, so the split still measures generalisation.
 """
