@@ -17,8 +17,9 @@ still knows it, so a perturbed or unseen prompt can be graded).
 
 Why so many training wordings (nine per relation, ten one-word suffixes, nine per domain relation, several answers
 per list prompt): with four wordings a tiny model learns the strings ("Name the ..." means a capital) instead of
-the task, and held-out wordings fail (with six suffixes, the held-out "One word, please." got a full sentence); many wordings of the same task make the relation word and the entity the only reliable cues
-(FLAN, Wei et al. 2021: more templates per task, better zero-shot generalisation). Held-out wordings are never
+the task, and held-out wordings fail (with six suffixes, the held-out "One word, please." got a full sentence);
+many wordings of the same task make the relation word and the entity the only reliable cues (FLAN, Wei et al.
+2021: more templates per task, better zero-shot generalisation). Held-out wordings are never
 near-copies of training ones, so the split still measures generalisation.
 """
 from minillm.data.domain import DOMAIN_RELATIONS, DOMAIN_TEMPLATES, cap
