@@ -43,11 +43,12 @@ class ModelConfig:
     causal: bool = True        # False: bidirectional encoder (masked LM)
     attention: str = "torch"   # kernel backend for attention
     softmax: str = "none"      # "none": the fused attention kernel; a backend name: q k^T -> kernels.softmax -> @ v
-    head: str = "lm"           # "lm" (logits over the vocabulary) | "scalar" (one number per position)
+    head: str = "lm"           # "lm" (logits over the vocabulary) | "scalar" (one number per position) |
+    #                            "scalar_lm" (the scalar plus a learned multiple of log p(token) from the tied LM head)
     rope_theta: float = 10000.0
 
     def validate(self):
-        choices = dict(pos=("rope", "learned"), norm=("rms", "layer"), mlp=("swiglu", "gelu"), head=("lm", "scalar"))
+        choices = dict(pos=("rope", "learned"), norm=("rms", "layer"), mlp=("swiglu", "gelu"), head=("lm", "scalar", "scalar_lm"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise MiniLLMError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -186,6 +187,8 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.wte.weight  # tied: the same matrix reads and writes tokens
         else:
             self.score_head = nn.Linear(cfg.n_embd, 1)
+        if cfg.head == "scalar_lm":  # weight of log p(x_t | x_<t) in the score (the LM head is the tied wte)
+            self.score_lm_coef = nn.Parameter(torch.ones(()))
         if cfg.pos == "rope":
             cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2), not saved
@@ -213,7 +216,7 @@ class Transformer(nn.Module):
         6N: each weight does one multiply-add forward and two backward; 12 L C T: the attention scores and the
         weighted sum, which grow with the context T. N includes the LM head (the tied embedding used as a matmul)."""
         T = T or self.cfg.block_size
-        N = self.num_params(non_embedding=True) + (self.wte.weight.numel() if self.cfg.head == "lm" else 0)
+        N = self.num_params(non_embedding=True) + (self.wte.weight.numel() if self.cfg.head != "scalar" else 0)
         return 6 * N + 12 * self.cfg.n_layer * self.cfg.n_embd * T
 
     # ---- forward ----------------------------------------------------------------------------------------------
@@ -253,11 +256,20 @@ class Transformer(nn.Module):
         return self.ln_f(x)  # (B, T, C)
 
     def forward(self, idx, attention_mask=None, cache=None):
-        """(B, T) ids -> logits (B, T, V) for the LM head, or scores (B, T) for the scalar head."""
+        """(B, T) ids -> logits (B, T, V) for the LM head, or scores (B, T) for the scalar heads.
+
+        scalar_lm: s_t = w·h_t + b + c · log p(x_t | x_<t), the log-prob read from the tied LM head at t − 1
+        (0 at t = 0). A linear head on h_t cannot see how surprising token x_t was -- the sign of a wrong fact --
+        while the LM head's log-prob is exactly that (see stages/reward.py)."""
         h = self.forward_hidden(idx, attention_mask, cache)  # (B, T, C)
-        if self.cfg.head == "scalar":
-            return self.score_head(h).squeeze(-1)  # (B, T)
-        return self.lm_head(h)  # (B, T, V)
+        if self.cfg.head == "lm":
+            return self.lm_head(h)  # (B, T, V)
+        scores = self.score_head(h).squeeze(-1)  # (B, T)
+        if self.cfg.head == "scalar_lm":
+            logp = F.log_softmax(F.linear(h[:, :-1], self.wte.weight).float(), -1)  # (B, T-1, V)
+            token_logp = logp.gather(-1, idx[:, 1:, None]).squeeze(-1)            # (B, T-1)
+            scores = scores + self.score_lm_coef * F.pad(token_logp, (1, 0))    # (B, T)
+        return scores
 
     # ---- generation ---------------------------------------------------------------------------------------------
     @staticmethod

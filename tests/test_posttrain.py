@@ -95,6 +95,40 @@ def test_reward_model_keeps_the_sft_trunk_and_reads_the_last_token(tok):
     assert reward.scores_at(rm, padded, torch.tensor([4])).item() == pytest.approx(all_scores[1, 4].item(), abs=1e-5)
 
 
+def test_likelihood_reward_head_adds_the_sft_models_token_logprobs(tok):
+    """head "scalar_lm": s_t = w·h_t + b + c · log p(x_t | x_<t), the log-prob from the policy's own LM head."""
+    torch.manual_seed(0)
+    policy = small_model(tok)
+    rm = reward.reward_model_from(policy, likelihood=True)
+    assert rm.cfg.head == "scalar_lm" and rm.score_lm_coef.item() == 1.0
+    ids = torch.randint(0, tok.vocab_size, (3, 10))
+    with torch.no_grad():
+        logp = torch.log_softmax(policy(ids), -1)                               # (3, 10, V)
+    by_hand = torch.zeros(3, 10)
+    for b in range(3):
+        for t in range(1, 10):
+            by_hand[b, t] = logp[b, t - 1, ids[b, t]]
+    assert torch.allclose(rm(ids), by_hand, atol=1e-5)                          # a zero head: the log-probs alone
+    torch.nn.init.normal_(rm.score_head.weight)
+    with torch.no_grad():
+        rm.score_lm_coef.fill_(0.5)
+        head = rm.score_head(rm.forward_hidden(ids)).squeeze(-1)
+    assert torch.allclose(rm(ids), head + 0.5 * by_hand, atol=1e-5)
+    # a wrong answer the policy finds unlikely scores lower before any reward training
+    pairs = [{"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": "Ugh. whatever."} for c in CONVERSATIONS]
+    trained = small_model(tok)
+    opt = torch.optim.AdamW(trained.parameters(), lr=3e-3)
+    batch = chatdata.collate_lm([chatdata.encode_chat(tok, c, 65) for c in CONVERSATIONS], tok.pad_id)
+    for _ in range(60):
+        loss = sft.sft_loss(trained, batch)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rm = reward.reward_model_from(trained, likelihood=True)
+    enc = reward.encode_pairs(tok, pairs, 64)
+    assert reward.pairwise_accuracy(rm, tok, enc, pool="mean")["pairwise_accuracy"] == 1.0
+
+
 def test_sequence_scores_pool_over_the_answer_tokens_only(tok):
     torch.manual_seed(0)
     rm = reward.reward_model_from(small_model(tok))
@@ -144,6 +178,34 @@ def test_reward_training_orders_pairs(tok, pool):
     assert reward.pairwise_accuracy(rm, tok, enc, pool=pool)["pairwise_accuracy"] == 1.0
 
 
+def test_length_sorted_chunks_give_the_whole_batch_numbers_and_gradients(tok):
+    """sft_loss, DPO's pair log-probs and the reward loss run rows in length-sorted chunks cut after their last
+    position (chatdata.by_length); a causal model must give the same values and gradients as on the padded batch."""
+    torch.manual_seed(0)
+    model = small_model(tok)
+    convs = CONVERSATIONS * 5                                                  # 20 rows: two chunks of 16 and 4
+    batch = chatdata.collate_lm([chatdata.encode_chat(tok, c, 65) for c in convs], tok.pad_id)
+    whole = sft.masked_lm_loss(model(batch["input_ids"]), batch["targets"], batch["loss_mask"])
+    grads = torch.autograd.grad(whole, list(model.parameters()))
+    chunked = sft.sft_loss(model, batch)[0]
+    for g, h in zip(grads, torch.autograd.grad(chunked, list(model.parameters()))):
+        assert torch.allclose(g, h, atol=1e-6)
+    assert chunked.item() == pytest.approx(whole.item(), abs=1e-6)
+    pairs = [{"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": "Ugh. whatever." * (i % 3 + 1)}
+             for i, c in enumerate(convs)]
+    pb = chatdata.collate_pairs(reward.encode_pairs(tok, pairs, 65), tok.pad_id)
+    from minillm.stages import rl
+    by_hand = rl.sequence_logprobs(model(pb["input_ids"]), pb["targets"], pb["loss_mask"])   # (2B,)
+    assert torch.allclose(torch.cat(dpo.pair_logprobs(model, pb)), by_hand, atol=1e-5)
+    rm = reward.reward_model_from(model)
+    torch.nn.init.normal_(rm.score_head.weight)
+    rb = reward.collate(reward.encode_pairs(tok, pairs, 64), tok.pad_id)
+    for pool in reward.POOLS:
+        r_c, r_r = reward.sequence_scores(rm, rb["input_ids"], rb["answer_mask"], pool=pool).chunk(2)
+        expected = rl.bradley_terry_loss(r_c, r_r)[0]
+        assert reward.reward_loss(rm, rb, pool=pool)[0].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
 def test_dpo_starts_at_log2_and_its_reference_logprobs_are_the_policys(tok):
     policy = small_model(tok)
     pairs = [{"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": "No."} for c in CONVERSATIONS]
@@ -160,6 +222,11 @@ def test_dpo_starts_at_log2_and_its_reference_logprobs_are_the_policys(tok):
         logp = torch.log_softmax(policy(torch.tensor([ids[:-1]])), -1)[0]
     by_hand = sum(logp[t, ids[t + 1]].item() for t in range(len(ids) - 1) if mask[t + 1])
     assert ref[0, 0].item() == pytest.approx(by_hand, abs=1e-4)
+    # computed on first draw, the same numbers: rows asked for are filled, the others stay unknown
+    lazy = dpo.LazyReferenceLogprobs(policy, enc, tok.pad_id)
+    assert torch.allclose(lazy[[2, 0]], ref[[2, 0]], atol=1e-5)
+    assert torch.isnan(lazy.values[1]).all() and not torch.isnan(lazy.values[[0, 2]]).any()
+    assert torch.allclose(lazy[list(range(len(enc)))], ref, atol=1e-5)
 
 
 def test_left_padded_generation_matches_unpadded(tok):

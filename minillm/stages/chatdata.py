@@ -143,6 +143,22 @@ def collate_lm(examples, pad_id: int) -> dict:
     return {"input_ids": input_ids, "targets": targets, "loss_mask": loss_mask}
 
 
+def by_length(fn, lengths, *tensors, rows: int = 16):
+    """fn(*tensors) computed on chunks of `rows` rows sorted by length, each chunk cut to its longest row ->
+    fn's per-row outputs (B,) in the original row order.
+
+    For right-padded rows of a causal model this is exact: position t never sees t' > t, so cutting a row after
+    `lengths[b]` (its last position that matters) changes no output it keeps. It only stops paying for most of
+    the padding: a batch of 32 random examples of the tiny SFT mix is 49% padding, two chunks of 16 length-sorted
+    rows 31% (a training step 15-25% faster on 2 CPU cores; smaller chunks lose as much in small matmuls)."""
+    order = torch.argsort(lengths)                                                 # (B,) shortest first
+    outs = []
+    for chunk in order.split(rows):
+        T = int(lengths[chunk].max())
+        outs.append(fn(*(t[chunk, :T] for t in tensors)))                         # (b,)
+    return torch.cat(outs)[torch.argsort(order)]                                  # (B,) back in row order
+
+
 def collate_pairs(pairs, pad_id: int) -> dict:
     """[(chosen, rejected)] -> one next-token batch of 2B rows: chosen rows first, then rejected (one forward)."""
     return collate_lm([c for c, _ in pairs] + [r for _, r in pairs], pad_id)

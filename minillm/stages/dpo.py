@@ -6,27 +6,33 @@ In the Bradley–Terry likelihood only reward differences appear, Z(x) cancels, 
 
     L_DPO = −log σ(β [log π(y_c|x)/π_ref(y_c|x) − log π(y_r|x)/π_ref(y_r|x)])
 
-π_ref is the frozen SFT model; its log-probs are computed once before training. The implicit reward
-r̂ = β log π/π_ref of chosen and rejected answers, their margin and the share of pairs ordered correctly are logged.
+π_ref is the frozen SFT model; its log-probs are computed once per pair, when the pair is first drawn. The
+implicit reward r̂ = β log π/π_ref of chosen and rejected answers, their margin and the share of pairs ordered
+correctly are logged.
 β = 0.1 is the paper's default: smaller β lets the policy move further from the reference.
 DPO can lower the chosen answers' likelihood too, as long as the rejected fall faster; long runs then drift
 (on tiny, lr 5e-5 for 200 steps: KL 12 nats, oracle 0.79 -> 0.52). `dpo.nll_coef` adds α · NLL(y_c)/|y_c|,
 RPO (Pang et al. 2024; Llama 3 does the same), which held the same run at KL 0.6 and oracle 0.77.
 Reference: Rafailov et al. 2023; Tunstall et al. 2023 (Zephyr) for β = 0.1 with SFT as reference.
 """
+import copy
 from dataclasses import dataclass, field
 
 import torch
 
-from minillm.checkpoint import load_model, sha256_texts
+from minillm.checkpoint import sha256_texts
 from minillm.config import RunConfig
 from minillm.stages import chatdata, lineage, rl
 
 
 def pair_logprobs(model, batch):
-    """Sequence log-probs of the answers of a pair batch (chosen rows first) -> (chosen (B,), rejected (B,))."""
-    logits = model(batch["input_ids"])                                        # (2B, T, V)
-    logps = rl.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])  # (2B,)
+    """Sequence log-probs of the answers of a pair batch (chosen rows first) -> (chosen (B,), rejected (B,)).
+    Rows run in length-sorted chunks cut after their last answer token (chatdata.by_length: the same numbers)."""
+    logp = lambda x, y, m: rl.sequence_logprobs(model(x), y, m)                # (b, t) -> (b,)
+    if not model.cfg.causal:
+        return logp(batch["input_ids"], batch["targets"], batch["loss_mask"]).chunk(2)
+    lengths = rl.last_token_index(batch["loss_mask"]) + 1                      # (2B,)
+    logps = chatdata.by_length(logp, lengths, batch["input_ids"], batch["targets"], batch["loss_mask"])  # (2B,)
     return logps.chunk(2)
 
 
@@ -40,7 +46,29 @@ def reference_logprobs(ref_model, pairs_encoded, pad_id, batch_size=64):
         c, r = pair_logprobs(ref_model, chatdata.collate_pairs(pairs_encoded[i:i + batch_size], pad_id))
         out.append(torch.stack([c, r], 1))
     ref_model.train(was)
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+class LazyReferenceLogprobs:
+    """log π_ref of the pairs, computed the first time a pair is drawn and kept: `ref[idx]` -> (len(idx), 2).
+
+    A short DPO run draws a fraction of a large pair set (tiny: 960 draws from 6 000 pairs), so computing every
+    pair's reference log-probs up front spent most of the stage's time on pairs never used. The values are those of
+    `reference_logprobs` (the frozen model, eval mode), only computed later."""
+
+    def __init__(self, ref_model, pairs_encoded, pad_id):
+        self.ref_model, self.pairs, self.pad_id = ref_model, pairs_encoded, pad_id
+        self.values = torch.full((len(pairs_encoded), 2), float("nan"))     # (N, 2); NaN = not computed yet
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        todo = [i for i in idx.tolist() if torch.isnan(self.values[i, 0])]
+        if todo:
+            self.values[todo] = reference_logprobs(self.ref_model, [self.pairs[i] for i in todo], self.pad_id)
+        return self.values[idx]
 
 
 def dpo_batch_loss(model, batch, beta: float = 0.1, nll_coef: float = 0.0):
@@ -141,11 +169,12 @@ def run_dpo(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     train_p = train_p[:cfg.dpo.max_pairs or None]
     block = model.cfg.block_size
     train_enc, val_enc, test_enc = (encode_pairs(tok, p, block + 1) for p in (train_p, val_p, test_p))
-    # the reference is the parent itself, frozen: its log-probs are computed once, before any update
-    stage = DPOStage(tok, train_enc, reference_logprobs(model, train_enc, tok.pad_id),
-                     val_enc, reference_logprobs(model, val_enc, tok.pad_id) if val_enc else None,
+    # the reference is the parent itself, frozen: a copy keeps its log-probs, computed when a pair is first drawn
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    stage = DPOStage(tok, train_enc, LazyReferenceLogprobs(ref_model, train_enc, tok.pad_id),
+                     val_enc, LazyReferenceLogprobs(ref_model, val_enc, tok.pad_id) if val_enc else None,
                      beta=cfg.dpo.beta, seed=cfg.train.seed, nll_coef=cfg.dpo.nll_coef)
-    test_ref = reference_logprobs(model, test_enc, tok.pad_id)
+    test_ref = reference_logprobs(ref_model, test_enc, tok.pad_id)
     resume = lineage.start_run(out, tok, parent, resume)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
                     manifest=lineage.manifest_fields("dpo", parent, out, sha256_texts(
@@ -153,7 +182,6 @@ def run_dpo(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     evaluation = implicit_reward_accuracy(model, stage, test_enc, test_ref)
     if not cfg.dpo.data:
         from minillm.data.oracle import Oracle
-        ref_model = load_model(parent)[0]
         evaluation["kl_to_reference"] = kl_to_reference(
             model, ref_model, tok, [chatdata.prompt_of(ex) for ex in heldout_subset(world.instructions("test"),
                                                                                   cfg.dpo.eval_limit)])
