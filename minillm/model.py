@@ -48,7 +48,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
 
     def validate(self):
-        choices = dict(pos=("rope", "learned"), norm=("rms", "layer"), mlp=("swiglu", "gelu"), head=("lm", "scalar", "scalar_lm"))
+        choices = dict(pos=("rope", "learned"), norm=("rms", "layer"), mlp=("swiglu", "gelu"),
+                       head=("lm", "scalar", "scalar_lm"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise MiniLLMError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")

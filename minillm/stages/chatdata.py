@@ -159,6 +159,17 @@ def by_length(fn, lengths, *tensors, rows: int = 16):
     return torch.cat(outs)[torch.argsort(order)]                                  # (B,) back in row order
 
 
+def answer_logprobs(model, batch):
+    """log π(answer) per row of a next-token batch: Σ_t m_t log p(target_t) -> (B,), run through by_length for a
+    causal model (cut after each row's last masked position); a bidirectional model sees the whole padded batch."""
+    from minillm.stages import rl
+    logp = lambda x, y, m: rl.sequence_logprobs(model(x), y, m)                  # (b, t) -> (b,)
+    if not model.cfg.causal:
+        return logp(batch["input_ids"], batch["targets"], batch["loss_mask"])
+    lengths = rl.last_token_index(batch["loss_mask"]) + 1                        # (B,)
+    return by_length(logp, lengths, batch["input_ids"], batch["targets"], batch["loss_mask"])
+
+
 def collate_pairs(pairs, pad_id: int) -> dict:
     """[(chosen, rejected)] -> one next-token batch of 2B rows: chosen rows first, then rejected (one forward)."""
     return collate_lm([c for c, _ in pairs] + [r for _, r in pairs], pad_id)

@@ -26,14 +26,8 @@ from minillm.stages import chatdata, lineage, rl
 
 
 def pair_logprobs(model, batch):
-    """Sequence log-probs of the answers of a pair batch (chosen rows first) -> (chosen (B,), rejected (B,)).
-    Rows run in length-sorted chunks cut after their last answer token (chatdata.by_length: the same numbers)."""
-    logp = lambda x, y, m: rl.sequence_logprobs(model(x), y, m)                # (b, t) -> (b,)
-    if not model.cfg.causal:
-        return logp(batch["input_ids"], batch["targets"], batch["loss_mask"]).chunk(2)
-    lengths = rl.last_token_index(batch["loss_mask"]) + 1                      # (2B,)
-    logps = chatdata.by_length(logp, lengths, batch["input_ids"], batch["targets"], batch["loss_mask"])  # (2B,)
-    return logps.chunk(2)
+    """Sequence log-probs of the answers of a pair batch (chosen rows first) -> (chosen (B,), rejected (B,))."""
+    return chatdata.answer_logprobs(model, batch).chunk(2)                   # (2B,) in length-sorted chunks
 
 
 @torch.no_grad()

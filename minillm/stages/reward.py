@@ -49,7 +49,7 @@ def reward_model_from(policy: Transformer, likelihood: bool = False) -> Transfor
     state = {k: v for k, v in policy.state_dict().items() if not k.startswith("lm_head")}
     missing, unexpected = rm.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("score_") for k in missing), (missing, unexpected)
-    torch.nn.init.zeros_(rm.score_head.weight)   # start indifferent: every answer scores 0
+    torch.nn.init.zeros_(rm.score_head.weight)   # start indifferent (scalar_lm: the log-probs alone)
     torch.nn.init.zeros_(rm.score_head.bias)
     return rm
 

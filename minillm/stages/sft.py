@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from minillm.checkpoint import sha256_texts
 from minillm.config import RunConfig
 from minillm.errors import MiniLLMError
-from minillm.stages import chatdata, lineage, rl
+from minillm.stages import chatdata, lineage
 
 
 def masked_lm_loss(logits, targets, loss_mask):
@@ -50,24 +50,11 @@ def masked_lm_loss(logits, targets, loss_mask):
     return (nll * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def answer_nll(model, input_ids, targets, loss_mask):
-    """Σ_t m_t · −log p(target_t) per row: (B, T) inputs -> (B,). Rows are run in length-sorted chunks, each cut
-    after its last masked position (chatdata.by_length: the same numbers without the padding's cost)."""
-    def nll(x, y, m):
-        logits = model(x)                                                   # (b, t, V)
-        return (F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
-                * m).sum(1)                                                 # (b,)
-    if not model.cfg.causal:  # a bidirectional model sees the padding: keep the whole batch together
-        return nll(input_ids, targets, loss_mask)
-    lengths = rl.last_token_index(loss_mask) + 1                            # (B,)
-    return chatdata.by_length(nll, lengths, input_ids, targets, loss_mask)
-
-
 def sft_loss(model, batch):
-    """(loss, metrics) for one right-padded chat batch (see chatdata.collate_lm): the masked_lm_loss of the
-    batch, computed row chunk by row chunk."""
+    """(loss, metrics) for one right-padded chat batch (see chatdata.collate_lm): masked_lm_loss of the batch,
+    computed as −Σ log π(answer) / Σ m over length-sorted row chunks (chatdata.answer_logprobs)."""
     mask = batch["loss_mask"]
-    loss = answer_nll(model, batch["input_ids"], batch["targets"], mask).sum() / mask.sum().clamp(min=1.0)
+    loss = -chatdata.answer_logprobs(model, batch).sum() / mask.sum().clamp(min=1.0)
     return loss, {"answer_tokens": float(mask.sum())}
 
 
