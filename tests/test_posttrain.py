@@ -159,6 +159,29 @@ def test_extra_wrong_fact_pairs_are_wrong_facts_the_oracle_ranks_below_the_refer
         assert oracle.score(p["prompt"], p["chosen"])[0] > oracle.score(p["prompt"], p["rejected"])[0]
 
 
+def test_confusion_pairs_answer_another_question_and_the_oracle_ranks_them_below_the_reference():
+    from minillm.data.oracle import Oracle
+    from minillm.data.preferences import confusion_pairs
+    from minillm.data.world import World
+    world = World(seed=0)
+    oracle = Oracle(world)
+    items = world.instructions("train")
+    pairs = confusion_pairs(random.Random(0), items, world, len(items))      # every training instruction once
+    assert len({p["id"] for p in pairs}) == len(items) and {p["kind"] for p in pairs} == {"confusion"}
+    by_id = {it["id"]: it for it in items}
+    for p in pairs:
+        assert p["rejected"] != p["chosen"]
+        assert oracle.score(p["prompt"], p["chosen"])[0] > oracle.score(p["prompt"], p["rejected"])[0], p
+        task = by_id[p["id"]]["task"]
+        if task["type"] == "harmful":                                       # a fact where a refusal was due
+            assert not oracle.is_refusal(p["rejected"])
+        elif task["type"] == "list":                                        # a sentence where a list was asked
+            assert p["rejected"].startswith("The continent of ")
+        elif task["format"] != "one_word":                                  # another relation or another entity
+            g = oracle.grade(p["prompt"], p["rejected"])
+            assert any(r.startswith(("missing answer", "answers about")) for r in g["reasons"]), g["reasons"]
+
+
 @pytest.mark.parametrize("pool", ["last", "mean"])
 def test_reward_training_orders_pairs(tok, pool):
     torch.manual_seed(0)

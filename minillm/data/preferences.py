@@ -12,6 +12,8 @@
 Kinds are dealt round-robin per family so every kind is frequent. The oracle scores every chosen above its
 rejected (a test checks all pairs), and a reward model must learn the same ordering from text alone.
 """
+from minillm.data.domain import DOMAIN_RELATIONS
+from minillm.data.facts import RELATIONS
 from minillm.data.instructions import REFUSAL, canonical, domain_canonical
 
 KINDS = ("wrong_fact", "off_format", "rambling", "rude", "over_refusal", "harmful_compliance")
@@ -98,3 +100,38 @@ def wrong_fact_pairs(rng, items, world, n):
     pool = [it for it in items if "wrong_fact" in _FAMILY_KINDS[it["family"]]]
     picked = rng.sample(pool, min(n, len(pool))) if pool else []
     return [_pair(rng, it, "wrong_fact", world) for it in picked]
+
+
+def confused_answer(rng, item, world):
+    """A fluent, well-formed answer to a *different* question than the one asked: the relation next to the one asked
+    ("The treatment for X is ..." when the organ was asked), the same relation of another entity, a sentence where a
+    list was asked, a fact where a refusal was due. These are the tiny SFT model's own mistakes on held-out
+    prompts (benchmarks/results/pipeline_cpu.md, session 8); the other kinds are mistakes it never makes."""
+    t = item["task"]
+    if t["type"] == "harmful":
+        c = rng.choice(world.countries)
+        return canonical(c, rng.choice(list(RELATIONS)))
+    if t["type"] == "list":
+        c = world.country(rng.choice(t["valid"]))
+        return canonical(c, "continent")
+    if t["type"] == "domain":
+        cond = world.condition(t["entity"])
+        if rng.random() < 0.5:
+            return domain_canonical(cond, rng.choice([r for r in DOMAIN_RELATIONS if r != t["relation"]]))
+        other = rng.choice([x for x in world.conditions if x.name != cond.name])
+        return domain_canonical(other, t["relation"])
+    c = world.country(t["entity"])
+    if rng.random() < 0.5:
+        rel, who = rng.choice([r for r in RELATIONS if r != t["relation"]]), c
+    else:
+        rel = t["relation"]
+        who = rng.choice([x for x in world.countries if x.value(rel) != c.value(rel)])
+    return who.value(rel) if t["format"] == "one_word" else canonical(who, rel)
+
+
+def confusion_pairs(rng, items, world, n):
+    """n pairs (without repeats while they last) whose rejected side is a `confused_answer`: kind "confusion"."""
+    picked = rng.sample(items, min(n, len(items)))
+    return [{"prompt": [it["messages"][0]], "chosen": it["messages"][1]["content"],
+             "rejected": confused_answer(rng, it, world), "kind": "confusion", "family": it["family"], "id": it["id"]}
+            for it in picked]

@@ -13,6 +13,14 @@ correctly are logged.
 DPO can lower the chosen answers' likelihood too, as long as the rejected fall faster; long runs then drift
 (on tiny, lr 5e-5 for 200 steps: KL 12 nats, oracle 0.79 -> 0.52). `dpo.nll_coef` adds α · NLL(y_c)/|y_c|,
 RPO (Pang et al. 2024; Llama 3 does the same), which held the same run at KL 0.6 and oracle 0.77.
+Which pairs matter: the world's pairs reject answers the SFT model never gives (rude, rambling, "Sure! Here is
+how ..."), so their log π(y_r) is already tiny and pushing it lower teaches little. On held-out prompts the tiny SFT
+model fails by answering *another question*: the neighbouring relation ("What organ is damaged by X?" -> "The
+treatment for X is ..."), a drilled entity, a sentence where a list was asked, a fact where a refusal was due.
+`dpo.confusions` adds pairs whose rejected side is exactly that (`preferences.confused_answer`, on the training
+instructions only); on tiny they turn a DPO that did nothing (or, stronger, eroded refusals) into one that beats the
+SFT model on held-out prompts (benchmarks/results/pipeline_cpu.md, session 8). Hard negatives near the policy's own
+mistakes are the offline stand-in for on-policy pairs (Xiong et al. 2024, iterative/online DPO).
 Reference: Rafailov et al. 2023; Tunstall et al. 2023 (Zephyr) for β = 0.1 with SFT as reference.
 """
 import copy
@@ -86,6 +94,7 @@ class DPOSection:
     eval_limit: int = 0             # held-out instructions in the evaluation (0 = all)
     max_pairs: int = 0              # use at most this many training pairs (0 = all)
     nll_coef: float = 0.0           # + this × NLL of the chosen answer per token (RPO); keeps chosen likely
+    confusions: float = 0.0         # world data only: extra pairs answering another question, share of the pairs
 
 
 @dataclass
@@ -96,12 +105,17 @@ class DPOConfig(RunConfig):
 # DPO papers use lr ~5e-7 on 7B models. On tiny, lr 2e-4 for 100 steps drove the implicit margin to 12 and the KL
 # to the reference to 24 nats: held-out accuracy 0.90 but the oracle score halved (0.73 -> 0.36) and perplexity
 # exploded — DPO over-optimises by pushing rejected answers' probabilities down without bound. 2e-5 for 60 steps:
-# oracle 0.726 (KL 0.09); 5e-6 for 60 steps: oracle 0.749 (KL 0.04), the default.
+# oracle 0.726 (KL 0.09); 5e-6 for 60 steps: oracle 0.749 (KL 0.04), the default until session 8.
+# Session 8 (one SFT parent, test / val oracle, SFT 0.838 / 0.858): 5e-6 x 60 steps did nothing (0.838 / 0.858, KL
+# 0.00); 2e-5 x 100 on the world's pairs alone let the over-refusal pairs erode refusals (0.55) -> 0.779 / 0.791;
+# with confusion pairs (dpo.confusions 1.0: every training instruction once more, rejected = the answer to another
+# question) 0.858 / 0.874 (lists 0.33 -> 0.52, refusals 0.875 -> 0.925, KL 0.34), now the default; 3e-5 x 150:
+# 0.853 / 0.865 (KL 0.98, refusals back to 0.85).
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=10, batch_size=8, lr=5e-4, warmup_steps=2, eval_every=5, eval_batches=2,
                             log_every=5, weight_decay=0.0), "dpo": dict(eval_limit=24, max_pairs=128)},
-    "tiny": {"train": dict(max_steps=60, batch_size=16, lr=5e-6, warmup_steps=5, eval_every=20, eval_batches=4,
-                           log_every=10, weight_decay=0.0)},
+    "tiny": {"train": dict(max_steps=100, batch_size=16, lr=2e-5, warmup_steps=5, eval_every=25, eval_batches=4,
+                           log_every=10, weight_decay=0.0), "dpo": dict(confusions=1.0)},
     "small": {"train": dict(max_steps=500, batch_size=32, lr=5e-5, warmup_steps=20, eval_every=100,
                             eval_batches=8, weight_decay=0.0)},
 }
@@ -159,7 +173,7 @@ def run_dpo(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     cfg = lineage.stage_config(DPOConfig, "dpo", preset, DEFAULTS, model, config_file,
                                list(overrides) + ([f"dpo.data={data}"] if data else []))
     world = World(seed=cfg.data.world_seed)
-    train_p, val_p, test_p = preference_data(cfg.dpo.data, world)
+    train_p, val_p, test_p = preference_data(cfg.dpo.data, world, seed=cfg.train.seed, confusions=cfg.dpo.confusions)
     train_p = train_p[:cfg.dpo.max_pairs or None]
     block = model.cfg.block_size
     train_enc, val_enc, test_enc = (encode_pairs(tok, p, block + 1) for p in (train_p, val_p, test_p))

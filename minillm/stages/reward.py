@@ -120,6 +120,7 @@ class RewardSection:
     margin: float = 0.0     # Bradley–Terry margin (0 = plain BT)
     pool: str = "mean"      # how the per-token scores become one: "last" (the <|end|> token) | "mean" (over the answer)
     extra_wrong_facts: float = 0.3  # world data only: extra wrong-fact pairs, as a share of the training pairs
+    confusions: float = 0.0  # world data only: extra pairs answering another question (preferences.confused_answer)
     eval_limit: int = 0     # held-out pairs in the evaluation (0 = all)
     likelihood: bool = False  # score with the SFT model's log p(token) as well (head "scalar_lm", see the docstring)
 
@@ -169,9 +170,10 @@ class RewardStage(lineage.SampledStage):
         return reward_loss(model, batch, self.margin, self.pool)
 
 
-def preference_data(path, world, extra_wrong_facts=0.0, seed=0):
+def preference_data(path, world, extra_wrong_facts=0.0, seed=0, confusions=0.0):
     """-> (train, val, test) preference pairs from a .jsonl path (10% held out) or, with path "", the world (plus
-    extra wrong-fact pairs on the training instructions, a share `extra_wrong_facts` of the training pairs)."""
+    extra wrong-fact and confusion pairs on the training instructions, shares `extra_wrong_facts` and `confusions`
+    of the world's training pairs)."""
     if path:
         pairs = chatdata.load_preferences(path)
         n_val = max(1, len(pairs) // 10) if len(pairs) > 1 else 0
@@ -181,6 +183,10 @@ def preference_data(path, world, extra_wrong_facts=0.0, seed=0):
         from minillm.data.preferences import wrong_fact_pairs
         train_p += wrong_fact_pairs(random.Random(seed), world.instructions("train"), world,
                                     int(len(train_p) * extra_wrong_facts))
+    if confusions > 0:
+        from minillm.data.preferences import confusion_pairs
+        n = int(len(world.preference_pairs("train")) * confusions)
+        train_p += confusion_pairs(random.Random(seed + 1), world.instructions("train"), world, n)
     return train_p, world.preference_pairs("val"), world.preference_pairs("test")
 
 
@@ -194,7 +200,8 @@ def run_reward(parent, out, preset="tiny", data="", config_file=None, overrides=
     model = reward_model_from(policy, cfg.reward.likelihood)
     cfg.model = model.cfg
     world = World(seed=cfg.data.world_seed)
-    train_p, val_p, test_p = preference_data(cfg.reward.data, world, cfg.reward.extra_wrong_facts, cfg.train.seed)
+    train_p, val_p, test_p = preference_data(cfg.reward.data, world, cfg.reward.extra_wrong_facts, cfg.train.seed,
+                                             cfg.reward.confusions)
     block = model.cfg.block_size
     stage = RewardStage(tok, encode_pairs(tok, train_p, block), encode_pairs(tok, val_p, block),
                         margin=cfg.reward.margin, seed=cfg.train.seed, pool=cfg.reward.pool)
