@@ -6,8 +6,9 @@ The test split has 20 list and 40 domain prompts, so one family's accuracy moves
 variants can swap places by chance. Every instruction that is not `train` (test, val and the `unused` rest, which
 the oracle still grades) is held out by entity, wording or both; this takes up to --per-family of them per family
 (seeded shuffle), answers greedily (48 tokens, as the stage evaluation) and prints one JSON line per run:
-accuracy per family and per held-out kind, and `weighted_acc`, the family accuracies weighted as the test split
-weighs them (instructions.TEST_CAPS), comparable with the stages' instruction_accuracy.
+accuracy per family and per held-out kind, `weighted_acc`, the family accuracies weighted as the test split
+weighs them (instructions.TEST_CAPS; close to the stages' instruction_accuracy, which leaves out the harmful family),
+and `weighted_oracle`, the mean oracle score weighted the same way, comparable with oracle_score.
 """
 import argparse
 import collections
@@ -36,14 +37,17 @@ def grade(run, items, oracle):
     model, tok, manifest = load_model(run)
     prompts = [chatdata.prompt_of(x) for x in items]
     answers = chatdata.generate_chat(model, tok, prompts, max_new_tokens=48, temperature=0.0, batch_size=64)
-    family, heldout = collections.defaultdict(list), collections.defaultdict(list)
+    family, heldout, scores = collections.defaultdict(list), collections.defaultdict(list), collections.defaultdict(list)
     for x, p, a in zip(items, prompts, answers):
-        ok = oracle.grade(p, a["text"])["correct"]
-        family[x["family"]].append(ok)
-        heldout[x["heldout"]].append(ok)
+        g = oracle.grade(p, a["text"])
+        family[x["family"]].append(g["correct"])
+        heldout[x["heldout"]].append(g["correct"])
+        scores[x["family"]].append(g["score"])
     acc = {k: sum(v) / len(v) for k, v in sorted(family.items())}
-    weighted = sum(TEST_CAPS[f] * a for f, a in acc.items()) / sum(TEST_CAPS[f] for f in acc)
+    weigh = lambda per_family: sum(TEST_CAPS[f] * a for f, a in per_family.items()) / sum(TEST_CAPS[f] for f in acc)
+    weighted, oracle_w = weigh(acc), weigh({k: sum(v) / len(v) for k, v in scores.items()})
     return {"run": run, "stage": manifest.get("stage"), "n": len(items), "weighted_acc": round(weighted, 3),
+            "weighted_oracle": round(oracle_w, 3),
             "family": {k: round(v, 3) for k, v in acc.items()},
             "family_n": {k: len(v) for k, v in sorted(family.items())},
             "heldout": {k: round(sum(v) / len(v), 3) for k, v in sorted(heldout.items())}}

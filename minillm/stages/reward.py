@@ -19,6 +19,9 @@ means the reward model already reads the chat format; only the head is new. Its 
 (share of pairs with r_c > r_r) is its metric. References: Bradley & Terry 1952; Ouyang et al. 2022 (§3.5);
 Touvron et al. 2023 (Llama 2, margin); Stiennon et al. 2020.
 
+`reward.confusions` (tiny 0.5) adds pairs whose rejected answer answers another question (the SFT model's own
+held-out mistakes, see dpo.py): the RM then marks them, and PPO against it moves where the plain RM left it still.
+
 `reward.likelihood` (tiny default; head "scalar_lm" in model.py): r_t = w · h_t + b + c · log p(x_t | x_<t), where
 p is the SFT model's own LM head, kept (tied to the embedding) and trained with the rest, c starting at 1. A linear
 head on h_t sees the token x_t but not how surprising it was, and surprise is what marks a wrong fact. The SFT
@@ -137,8 +140,11 @@ DEFAULTS = {
     # 1200 steps: wrong facts 0.74 but off-format 0.68 (overfits, train 0.996), overall 0.89.
     # With reward.likelihood (the tiny default since session 7) the SFT model's own log-probs already order 0.96 of
     # the held-out pairs; 800 steps: 0.953 (wrong facts 0.87, off-format 0.84), and the val loss was lowest at 200.
+    # Session 8: + confusion pairs (reward.confusions 0.5, see preferences.confused_answer): held-out pairwise 0.960 ->
+    # 0.953 on the world's kinds, but PPO against it raised the 1228-prompt held-out oracle 0.826 -> 0.841 (harmful
+    # refused 0.875 -> 0.96) where PPO against the plain one stayed at 0.827 (benchmarks/results/pipeline_cpu.md).
     "tiny": {"train": dict(max_steps=300, batch_size=16, lr=2e-4, warmup_steps=20, eval_every=100, eval_batches=4,
-                           log_every=10, weight_decay=0.0), "reward": dict(likelihood=True)},
+                           log_every=10, weight_decay=0.0), "reward": dict(likelihood=True, confusions=0.5)},
     "small": {"train": dict(max_steps=1000, batch_size=32, lr=1e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8, weight_decay=0.0)},
 }
