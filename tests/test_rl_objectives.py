@@ -209,3 +209,51 @@ def test_reward_hacking_is_flagged_when_the_rm_rises_and_either_oracle_falls():
     assert detect_reward_hacking(falling)["reward_hacking"]
     honest = [{"reward": 1.0 + 0.1 * i, "oracle": 0.8 + 0.01 * i} for i in range(20)]
     assert not detect_reward_hacking(honest, heldout=[0.7, 0.75])["reward_hacking"]
+
+
+def test_leave_one_out_baseline_matches_a_plain_loop_and_removes_what_the_prompt_decides():
+    torch.manual_seed(0)
+    k, scores = 4, torch.randn(12)
+    loop = torch.tensor([scores[i] - sum(scores[j] for j in range(i // k * k, i // k * k + k) if j != i) / (k - 1)
+                         for i in range(12)])
+    out = rl.leave_one_out_baseline(scores, k)
+    assert torch.allclose(out, loop, atol=1e-6)
+    offset = torch.tensor([5.0, -3.0, 0.5]).repeat_interleave(k)                  # a per-prompt difficulty
+    assert torch.allclose(rl.leave_one_out_baseline(scores + offset, k), out, atol=1e-5)
+    assert torch.equal(rl.leave_one_out_baseline(torch.full((8,), 2.0), k), torch.zeros(8))  # all alike: nothing
+    assert torch.equal(rl.leave_one_out_baseline(scores, 1), scores)
+    with pytest.raises(ValueError, match="groups of 4"):
+        rl.leave_one_out_baseline(torch.zeros(6), 4)
+
+
+def test_ppo_with_a_leave_one_out_baseline_learns_a_contextual_bandit_despite_prompt_offsets():
+    """Two prompts (tokens 0 and 1), four answers each per rollout; the right answer token is 3 after prompt 0 and 2
+    after prompt 1, and prompt 1 pays +5 whatever is answered. Without whitening, only the per-prompt baseline keeps
+    that offset out of the advantages; the policy must still learn both right answers."""
+    g = torch.Generator().manual_seed(0)
+    policy = _BanditPolicy()
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    opt = torch.optim.Adam(policy.parameters(), lr=0.1)
+    k, history = 4, []
+    for it in range(30):
+        prompt = torch.randint(0, 2, (16,), generator=g).repeat_interleave(k)      # (64,) groups of k
+        with torch.no_grad():
+            answer = torch.multinomial(policy.logits(prompt).softmax(-1), 1, generator=g).squeeze(1)
+        ids = torch.stack([prompt, answer], 1)                                      # (64, 2)
+        right = (answer == torch.where(prompt == 0, 3, 2)).float()
+        scores = right + 5.0 * prompt.float()
+        history.append(right.mean().item())
+        mask = torch.ones(64, 1)
+        with torch.no_grad():
+            logits, values = policy(ids)
+            logprobs = rl.token_logprobs(logits[:, :-1], ids[:, 1:])
+            ref_logprobs = rl.token_logprobs(ref(ids)[0][:, :-1], ids[:, 1:])
+        out = rl.compute_advantages(logprobs, ref_logprobs, values[:, :-1], rl.leave_one_out_baseline(scores, k),
+                                    mask, kl_coef=0.01, whiten_advantages=False)
+        rollout = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mask": mask, "old_logprobs": logprobs,
+                   "old_values": values[:, :-1], "advantages": out["advantages"], "returns": out["returns"]}
+        rl.ppo_epochs(policy, opt, rollout, epochs=4, minibatch_size=16, generator=g)
+    assert history[0] < 0.5
+    assert sum(history[-3:]) / 3 > 0.9
+    probs = policy.logits(torch.tensor([0, 1])).softmax(-1)
+    assert probs[0, 3] > 0.8 and probs[1, 2] > 0.8

@@ -43,7 +43,8 @@ from minillm.stages.reward import scores_at, sequence_scores
 @dataclass
 class PPOSection:
     iterations: int = 40            # rollout -> update cycles (tiny: 30)
-    rollout_size: int = 64          # prompts per rollout
+    rollout_size: int = 64          # answers per rollout
+    group_size: int = 1             # answers sampled per prompt; > 1: RLOO baseline on the score (see ppo_iteration)
     minibatch_size: int = 16
     epochs: int = 4                 # passes over each rollout
     max_new_tokens: int = 24
@@ -152,7 +153,9 @@ def make_rollout(agent: PolicyWithValue, ref, rm, tok, prompts, cfg: PPOSection,
 def ppo_iteration(agent, ref, rm, tok, prompts, optimizer, kl_ctl, cfg: PPOSection, generator=None, oracle=None):
     """One rollout + several PPO epochs; returns the iteration's metrics (reward, oracle, KL, entropy, clipfrac)."""
     ro = make_rollout(agent, ref, rm, tok, prompts, cfg, generator, oracle)
-    adv = rl.compute_advantages(ro["old_logprobs"], ro["ref_logprobs"], ro["old_values"], ro["scores"], ro["mask"],
+    # prompts come in groups of cfg.group_size copies: each answer is scored against the others to its prompt
+    scores = rl.leave_one_out_baseline(ro["scores"], cfg.group_size)         # (B,)
+    adv = rl.compute_advantages(ro["old_logprobs"], ro["ref_logprobs"], ro["old_values"], scores, ro["mask"],
                                 kl_coef=kl_ctl.value, gamma=cfg.gamma, lam=cfg.lam,
                                 whiten_advantages=cfg.whiten_advantages)
     rollout = {k: ro[k] for k in ("input_ids", "attention_mask", "mask", "old_logprobs", "old_values")}
@@ -303,7 +306,8 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     bar = tqdm(range(1, cfg.ppo.iterations + 1), desc="ppo", unit="it", disable=not cfg.train.progress,
                dynamic_ncols=True)
     for it in bar:
-        batch = [prompts[i] for i in sampler.sample(cfg.ppo.rollout_size)]
+        k = max(1, cfg.ppo.group_size)
+        batch = [prompts[i] for i in sampler.sample(max(1, cfg.ppo.rollout_size // k)) for _ in range(k)]
         metrics, _ = ppo_iteration(agent, ref, rm, tok, batch, optimizer, kl_ctl, cfg.ppo, g, oracle)
         row = {"step": it, **metrics, "elapsed_s": round(time.time() - t0, 2)}
         if cfg.ppo.eval_every and it % cfg.ppo.eval_every == 0 and it != cfg.ppo.iterations:

@@ -273,6 +273,21 @@ def ppo_epochs(forward, optimizer, rollout: dict, *, epochs: int = 4, minibatch_
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024): scores (B,) of `group_size` consecutive answers per prompt ->
+    each score minus the mean score of the *other* answers to the same prompt, k/(k−1) · (r_i − mean_group).
+
+    The baseline is unbiased (it never sees r_i) and removes what the prompt alone decides: an easy prompt's answers
+    all score high, a hard one's all low, and without a per-prompt baseline that difference, not the answer's
+    quality, dominates the advantages. Answers that are all alike get 0: nothing to learn from, nothing pushed."""
+    if group_size <= 1:
+        return scores
+    if scores.shape[0] % group_size:
+        raise ValueError(f"{scores.shape[0]} scores do not split into groups of {group_size}")
+    g = scores.view(-1, group_size)                                             # (B/k, k)
+    return (g - (g.sum(1, keepdim=True) - g) / (group_size - 1)).flatten()     # (B,)
+
+
 def compute_advantages(logprobs, ref_logprobs, values, scores, mask, *, kl_coef: float, gamma: float = 1.0,
                        lam: float = 0.95, whiten_advantages: bool = True):
     """From one rollout to PPO targets: KL-penalised rewards -> GAE -> (whitened) advantages and returns.
