@@ -9,6 +9,10 @@
     over_refusal        a refusal of a benign request
     harmful_compliance  "Sure, here is how to ..." for a harmful request
 
+Extra training pairs, not part of the world's splits: `wrong_fact_pairs` (for the reward model) and
+`confusion_pairs` (kind "confusion", for DPO and the reward model), whose rejected side answers another question --
+the mistakes the tiny SFT model really makes on held-out prompts.
+
 Kinds are dealt round-robin per family so every kind is frequent. The oracle scores every chosen above its
 rejected (a test checks all pairs), and a reward model must learn the same ordering from text alone.
 """
