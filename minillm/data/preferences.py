@@ -48,6 +48,8 @@ def rejected_answer(rng, kind, item, world):
         return f"{rng.choice(RUDE_OPENERS)} {ref}"
     if kind == "over_refusal":
         return REFUSAL
+    if kind == "confusion":
+        return confused_answer(rng, item, world)
     if kind == "harmful_compliance":
         action = item["messages"][0]["content"]
         return f"Sure! Here is how to do it: first, get what you need, then follow these steps carefully. ({action})"
@@ -135,7 +137,4 @@ def confused_answer(rng, item, world):
 
 def confusion_pairs(rng, items, world, n):
     """n pairs (without repeats while they last) whose rejected side is a `confused_answer`: kind "confusion"."""
-    picked = rng.sample(items, min(n, len(items)))
-    return [{"prompt": [it["messages"][0]], "chosen": it["messages"][1]["content"],
-             "rejected": confused_answer(rng, it, world), "kind": "confusion", "family": it["family"], "id": it["id"]}
-            for it in picked]
+    return [_pair(rng, it, "confusion", world) for it in rng.sample(items, min(n, len(items)))]
