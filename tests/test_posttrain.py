@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from types import SimpleNamespace
 
 from minillm.errors import MiniLLMError
 from minillm.model import ModelConfig, Transformer
@@ -312,6 +313,34 @@ def test_sft_mix_repeats_refusals_and_replay_windows_train_on_every_token(tok):
     assert batch["loss_mask"].sum() == 7 * 8
     with pytest.raises(MiniLLMError, match="replay"):
         sft.training_mix(tok, SimpleNamespace(sft=sft.SFTSection(replay=1.0), train=cfg.train), None, examples, 64)
+
+
+def test_frame_dropout_rewords_prompts_only_and_keeps_the_content_words(tok):
+    import random
+    r = random.Random(0)
+    uniform = lambda n: [r.random() for _ in range(n)]
+    text = "What organ is damaged by ratouroma? Answer in one word."
+    assert sft.drop_frame_words(text, 0.0, uniform) == text
+    assert sft.drop_frame_words(text, 0.999, uniform) == "organ damaged ratouroma? Answer one word."
+    for _ in range(50):                                              # content words always stay, in order
+        out = sft.drop_frame_words(text, 0.5, uniform).split(" ")
+        assert [w for w in out if w.lower().strip("?.") not in sft.FRAME_WORDS] == \
+            ["organ", "damaged", "ratouroma?", "Answer", "one", "word."]
+    examples = [{"messages": c} for c in CONVERSATIONS]
+    mix, sources = sft.training_mix(tok, SimpleNamespace(sft=sft.SFTSection(data="x")), None, examples, 64, True)
+    plain = sft.SFTStage(tok, mix, mix, seed=3)
+    same = sft.SFTStage(tok, mix, mix, seed=3, sources=sources, frame_dropout=0.0, block_size=64)
+    assert torch.equal(plain.train_batch(4)["input_ids"], same.train_batch(4)["input_ids"])  # off = unchanged
+    reworded = sft.SFTStage(tok, mix, mix, seed=3, sources=[{"messages": [
+        {"role": "user", "content": "what is the capital of Velmora?"}, c[-1]]} for c in CONVERSATIONS],
+        frame_dropout=0.999, block_size=64)
+    batch = reworded.train_batch(4)
+    answers = {c[-1]["content"] for c in CONVERSATIONS}
+    for row, targets, mask in zip(batch["input_ids"], batch["targets"], batch["loss_mask"]):
+        assert tok.decode([i for i in row.tolist() if i != tok.pad_id]).startswith("<|user|>capital Velmora?")
+        assert tok.decode(targets[mask.bool()].tolist()[:-1]) in answers  # every frame word gone, answers kept
+    with pytest.raises(MiniLLMError, match="frame_dropout"):
+        sft.SFTStage(tok, mix, mix, frame_dropout=0.5)               # no sources to reword
 
 
 def test_sft_dropout_acts_in_training_only_and_leaves_the_config(tok):

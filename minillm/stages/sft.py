@@ -20,7 +20,16 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
               (held-out-entity accuracy ~0.2, though the knowledge is still there: forced to start "The capital
               of Nafoua is", it completes correctly). Replay keeps that knowledge reachable (~0.8). This is
               InstructGPT's "ptx" term (pretraining gradients mixed into RLHF) applied to SFT.
-  harmful_upsample  refusals are a few percent of the instructions; repeating them keeps refusal_rate high.
+  harmful_upsample  refusals are a few percent of the instructions; repeating them keeps refusal_rate high
+              (list_upsample does the same for the rarest family, lists: 288 of 6 012 instructions).
+  frame_dropout  each benign training prompt loses each of its frame words (what, is, the, do, by, ...) with
+              probability p, afresh every time it is drawn: "What organ is damaged by X?" is seen as "organ is
+              damaged X?", "What organ damaged by X?", ... A tiny model otherwise keys on the *shape* of a wording
+              ("What ... is ... for X" -> a treatment) and answers a held-out wording with the neighbouring
+              relation; without the frame, only the words that say what is asked (organ, speak, money) and the
+              entity stay reliable. Random deletion from EDA (Wei & Zou 2019), kept off the content words so
+              the answer still follows from the prompt, and off harmful requests and the words that ask for
+              help (how, I, me, can, to, ...), which are what a refusal generalises from.
   dropout     optional (default 0): residual dropout during SFT only (the saved model keeps the parent's).
               Without it the answer's first words depend on *which* country is asked about: for countries the
               instructions never name, "The" was followed by the relation asked for in 58 of 81 probes ("Tell me
@@ -29,7 +38,7 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
               54/54), but one-word and list answers got worse and held-out accuracy did not rise (val 0.58 ->
               0.60, test 0.65 -> 0.60), so it stays off (Srivastava et al. 2014).
 
-Defaults (tiny): lr 5e-4, 20 warmup steps, cosine to a tenth over 2000 steps (~8 epochs of the mix). References:
+Defaults (tiny): lr 1e-3, 20 warmup steps, cosine to a tenth over 1000 steps (~3 epochs of the mix). References:
 Ouyang et al. 2022 (InstructGPT, SFT stage and the ptx mix); Wei et al. 2021 (FLAN); nanochat's chat_sft.py.
 """
 from dataclasses import dataclass, field
@@ -58,14 +67,33 @@ def sft_loss(model, batch):
     return loss, {"answer_tokens": float(mask.sum())}
 
 
-def encode_instructions(tok, examples, block_size):
-    """[{"messages"}] -> [(ids, mask)], dropping conversations whose answer does not fit in the context."""
-    out = []
+def encode_instructions(tok, examples, block_size, with_examples=False):
+    """[{"messages"}] -> [(ids, mask)], dropping conversations whose answer does not fit in the context
+    (with_examples: -> (encoded, the examples kept), aligned)."""
+    out, kept = [], []
     for ex in examples:
         ids, mask = chatdata.encode_chat(tok, ex["messages"], block_size + 1)
         if sum(mask[1:]) > 0:
             out.append((ids, mask))
-    return out
+            kept.append(ex)
+    return (out, kept) if with_examples else out
+
+
+# The frame a question is asked in, never what it asks: function words of the question templates. Left out: the
+# words that ask for help (how, I, me, can, could, would, you, to, please): they are what marks a harmful request
+# ("How can I ...", "Teach me to ..."), and a model taught to ignore them stops refusing unseen harmful actions.
+FRAME_WORDS = frozenset("what which where who whom is are was the a an do does of in on for by with from at "
+                        "i'd like know it its what's that this there".split())
+
+
+def drop_frame_words(text, p, uniform):
+    """Delete each frame word of `text` with probability p (uniform(n) -> n draws in [0, 1)); every other word
+    (entities, relation words, the action asked for) stays. EDA's random deletion (Wei & Zou 2019), kept off the
+    content words so the label still follows from the prompt."""
+    words = text.split(" ")
+    draws = uniform(len(words))
+    kept = [w for w, r in zip(words, draws) if r >= p or w.lower().strip("?.,!:;") not in FRAME_WORDS]
+    return " ".join(kept) if kept else text
 
 
 @torch.no_grad()
@@ -91,6 +119,8 @@ class SFTSection:
     replay: float = 0.2             # share of training examples that are windows of the world's text (world data only)
     replay_tokens: int = 48         # tokens per replay window
     harmful_upsample: int = 5       # each harmful instruction is seen this many times per epoch (world data only)
+    list_upsample: int = 1          # the same for list instructions (world data only)
+    frame_dropout: float = 0.0      # each training prompt's frame words (what, is, the, ...) dropped with this p
     dropout: float = 0.0            # residual dropout while instruction tuning (0 = the parent's own)
 
 
@@ -105,11 +135,15 @@ class SFTConfig(RunConfig):
 # answers and lists undertrained (seeds 0/1, test 0.69/0.71 -> 0.78/0.76 at 1500). 2000 steps at 5e-4 (~8 epochs):
 # test / val 0.800 / 0.762 against 0.777 / 0.746 at 1500 x 3e-4 (2000 x 3e-4: 0.796 / 0.754; 1500 x 6e-4:
 # 0.785 / 0.769) -- single runs on one parent, inside the seed spread (2000 x 3e-4 on SFT seed 1: 0.785 / 0.731).
+# Session 9, one parent (seed 0), accuracy test / val, refusal on both: 2000 x 5e-4 0.735 / -, 0.875 (test);
+# 1000 x 1e-3 with lists x3 and refusals x3 0.762 / 0.731, 0.95; + frame_dropout 0.3: 0.796-0.808 / 0.70-0.81
+# but refusals 0.77-0.88; with refusals x5 again 0.819 / 0.785, 0.90. Half the steps: the time budget.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
-    "tiny": {"train": dict(max_steps=2000, batch_size=32, lr=5e-4, warmup_steps=20, eval_every=250, eval_batches=4,
-                           log_every=10, weight_decay=0.0, min_lr_ratio=0.1)},
+    "tiny": {"train": dict(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=250, eval_batches=4,
+                           log_every=10, weight_decay=0.0, min_lr_ratio=0.1),
+             "sft": dict(frame_dropout=0.3, list_upsample=3)},
     "small": {"train": dict(max_steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8, weight_decay=0.0)},
 }
@@ -119,14 +153,29 @@ class SFTStage(lineage.SampledStage):
     """The SFT objective for train.train(): seeded batches of chat examples, loss on the answer only."""
     name = "sft"
 
-    def __init__(self, tok, train_examples, val_examples, seed=0, evaluate=None):
+    def __init__(self, tok, train_examples, val_examples, seed=0, evaluate=None, sources=None, frame_dropout=0.0,
+                 block_size=None):
+        if not 0 <= frame_dropout < 1 or (frame_dropout and (sources is None or block_size is None)):
+            raise MiniLLMError(f"sft.frame_dropout must be in [0, 1) (world or instruction data), got {frame_dropout}")
         self.tok = tok
         self.train, self.val = train_examples, val_examples
         self.sampler = lineage.Sampler(len(train_examples), seed)
         self._evaluate = evaluate
+        self.sources, self.frame_dropout, self.block_size = sources, frame_dropout, block_size
+
+    def _example(self, i):
+        """Training example i, its prompt re-worded on the fly when frame_dropout > 0 (draws from the sampler's
+        generator, so a resumed run repeats them). Harmful requests keep their words: there the frame ("how do I",
+        "teach me to") is what asks for help, and it is the cue that carries refusals to unseen actions."""
+        if not self.frame_dropout or self.sources[i] is None or self.sources[i].get("harmful"):
+            return self.train[i]
+        uniform = lambda n: torch.rand(n, generator=self.sampler.g).tolist()
+        messages = [dict(m, content=drop_frame_words(m["content"], self.frame_dropout, uniform))
+                    if m["role"] == "user" else m for m in self.sources[i]["messages"]]
+        return chatdata.encode_chat(self.tok, messages, self.block_size + 1)
 
     def train_batch(self, batch_size):
-        return chatdata.collate_lm([self.train[i] for i in self.sampler.sample(batch_size)], self.tok.pad_id)
+        return chatdata.collate_lm([self._example(i) for i in self.sampler.sample(batch_size)], self.tok.pad_id)
 
     def val_batches(self, batch_size, n):
         val = self.val or self.train
@@ -148,23 +197,27 @@ def replay_windows(tok, docs, n, length, seed=0):
     return [(windows[order[i % len(order)]], [0] + [1] * (length - 1)) for i in range(n)]  # cycles if n > windows
 
 
-def training_mix(tok, cfg, world, train_ex, block_size):
-    """Encoded training examples: the instructions (harmful ones repeated) plus replay windows (world data)."""
-    encoded = encode_instructions(tok, train_ex, block_size)
+def training_mix(tok, cfg, world, train_ex, block_size, with_sources=False):
+    """Encoded training examples: the instructions (harmful and list ones repeated) plus replay windows (world
+    data). with_sources: -> (encoded, sources), sources[i] the instruction behind encoded[i] or None (replay)."""
+    encoded, sources = encode_instructions(tok, train_ex, block_size, with_examples=True)
     if cfg.sft.data:
-        return encoded
-    if not 0 <= cfg.sft.replay < 1 or cfg.sft.harmful_upsample < 1:
-        raise MiniLLMError(f"sft.replay must be in [0, 1) and sft.harmful_upsample >= 1, got {cfg.sft.replay} "
-                           f"and {cfg.sft.harmful_upsample}")
-    encoded += encode_instructions(tok, [ex for ex in train_ex if ex.get("harmful")] * (cfg.sft.harmful_upsample - 1),
-                                   block_size)
+        return (encoded, sources) if with_sources else encoded
+    if not 0 <= cfg.sft.replay < 1 or min(cfg.sft.harmful_upsample, cfg.sft.list_upsample) < 1:
+        raise MiniLLMError(f"sft.replay must be in [0, 1) and sft.harmful_upsample, sft.list_upsample >= 1, got "
+                           f"{cfg.sft.replay}, {cfg.sft.harmful_upsample} and {cfg.sft.list_upsample}")
+    for picked, times in ((lambda ex: ex.get("harmful"), cfg.sft.harmful_upsample),
+                          (lambda ex: ex.get("family") == "list", cfg.sft.list_upsample)):
+        more, kept = encode_instructions(tok, [ex for ex in train_ex if picked(ex)] * (times - 1), block_size, True)
+        encoded, sources = encoded + more, sources + kept
     n = int(len(encoded) * cfg.sft.replay / (1 - cfg.sft.replay))
     if n:
         from minillm.data.hygiene import cleaned_world
         clean = cleaned_world(world)[0]
         encoded += replay_windows(tok, clean["general"] + clean["domain"], n,
                                   min(cfg.sft.replay_tokens, block_size + 1), cfg.train.seed)
-    return encoded
+        sources += [None] * n
+    return (encoded, sources) if with_sources else encoded
 
 
 def set_dropout(model, p):
@@ -196,8 +249,9 @@ def run_sft(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     world = World(seed=cfg.data.world_seed)
     train_ex, val_ex, test_ex = instruction_data(tok, cfg, world)
     block = model.cfg.block_size
-    stage = SFTStage(tok, training_mix(tok, cfg, world, train_ex, block), encode_instructions(tok, val_ex, block),
-                     seed=cfg.train.seed)
+    mix, sources = training_mix(tok, cfg, world, train_ex, block, with_sources=True)
+    stage = SFTStage(tok, mix, encode_instructions(tok, val_ex, block), seed=cfg.train.seed, sources=sources,
+                     frame_dropout=cfg.sft.frame_dropout, block_size=block)
     resume = lineage.start_run(out, tok, parent, resume)
     set_dropout(model, cfg.sft.dropout or model.cfg.dropout)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
