@@ -35,7 +35,7 @@ class FinetuneConfig(RunConfig):
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5)},
-    "tiny": {"train": dict(max_steps=200, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=100,
+    "tiny": {"train": dict(max_steps=150, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=75,
                            eval_batches=4, log_every=10)},
     "small": {"train": dict(max_steps=1000, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8)},
