@@ -181,6 +181,18 @@ def test_confusion_pairs_answer_another_question_and_the_oracle_ranks_them_below
         elif task["format"] != "one_word":                                  # another relation or another entity
             g = oracle.grade(p["prompt"], p["rejected"])
             assert any(r.startswith(("missing answer", "answers about")) for r in g["reasons"]), g["reasons"]
+    mirrored = confusion_pairs(random.Random(0), items, world, 2000, mirrored=True)
+    firsts, mirrors = mirrored[0::2], mirrored[1::2]
+    assert len(mirrored) > 1800 and all(oracle.score(p["prompt"], p["chosen"])[0] >
+                                        oracle.score(p["prompt"], p["rejected"])[0] for p in mirrored)
+    for a, b in zip(mirrored, mirrored[1:]):
+        if b["chosen"] == a["rejected"] and b["rejected"] == a["chosen"]:   # the mirror: the other question asked
+            assert by_id[b["id"]]["messages"][1]["content"] == a["rejected"] and b["prompt"] != a["prompt"]
+    sentence = lambda side: sum(p[side].startswith("The continent of ") for p in mirrored)
+    plain = confusion_pairs(random.Random(0), items, world, 2000)
+    plain_gap = sum(p["rejected"].startswith("The continent of ") for p in plain) - \
+        sum(p["chosen"].startswith("The continent of ") for p in plain)
+    assert plain_gap > 100 and abs(sentence("rejected") - sentence("chosen")) < plain_gap / 3  # as often chosen
 
 
 @pytest.mark.parametrize("pool", ["last", "mean"])

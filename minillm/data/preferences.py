@@ -135,6 +135,27 @@ def confused_answer(rng, item, world):
     return who.value(rel) if t["format"] == "one_word" else canonical(who, rel)
 
 
-def confusion_pairs(rng, items, world, n):
-    """n pairs (without repeats while they last) whose rejected side is a `confused_answer`: kind "confusion"."""
-    return [_pair(rng, it, "confusion", world) for it in rng.sample(items, min(n, len(items)))]
+def confusion_pairs(rng, items, world, n, mirrored=False):
+    """n pairs (without repeats while they last) whose rejected side is a `confused_answer`: kind "confusion".
+
+    mirrored: n // 2 such pairs, each followed by its mirror image wherever `items` ask the other question: that
+    question's prompt, with the answer that was rejected now chosen and the first question's answer rejected. DPO
+    lowers what it rejects faster than it raises what it chooses (likelihood displacement; Razin et al. 2024, Pal et
+    al. 2024), and without mirrors a continent sentence is rejected far more often than chosen (for lists, harmful
+    requests, other relations): a strong SFT model then learned to avoid continent sentences altogether and wrote
+    "The organ harmed by Zeva, ..." when asked where Zeva lies. With mirrors every answer is chosen as often as it is
+    rejected, and what is left to learn is which question it answers."""
+    pairs = [_pair(rng, it, "confusion", world) for it in rng.sample(items, min(n // 2 if mirrored else n, len(items)))]
+    if not mirrored:
+        return pairs
+    asking = {}
+    for it in items:
+        asking.setdefault(it["messages"][1]["content"], []).append(it)
+    out = []
+    for p in pairs:
+        out.append(p)
+        if p["rejected"] in asking:
+            q = rng.choice(asking[p["rejected"]])
+            out.append({"prompt": [q["messages"][0]], "chosen": p["rejected"], "rejected": p["chosen"],
+                        "kind": "confusion", "family": q["family"], "id": q["id"]})
+    return out

@@ -95,6 +95,7 @@ class DPOSection:
     max_pairs: int = 0              # use at most this many training pairs (0 = all)
     nll_coef: float = 0.0           # + this × NLL of the chosen answer per token (RPO); keeps chosen likely
     confusions: float = 0.0         # world data only: extra pairs answering another question, share of the pairs
+    mirror_confusions: bool = False  # half of them mirrored: the rejected answer chosen for its own question
 
 
 @dataclass
@@ -111,6 +112,10 @@ class DPOConfig(RunConfig):
 # with confusion pairs (dpo.confusions 1.0: every training instruction once more, rejected = the answer to another
 # question) 0.858 / 0.874 (lists 0.33 -> 0.52, refusals 0.875 -> 0.925, KL 0.34), now the default; 3e-5 x 150:
 # 0.853 / 0.865 (KL 0.98, refusals back to 0.85).
+# Session 9, on the stronger SFT models of frame dropout (seed 0, test oracle, SFT 0.885): every variant stayed below
+# SFT -- this default 0.865 (KL 0.48; continent answers turned into "The organ harmed by Zeva, ..."), lr 1e-5 0.884,
+# RPO nll_coef 1.0 0.881, confusions 0.5 0.872, beta 0.3 0.879, mirror_confusions 0.876 (seed 1: default 0.890 vs
+# SFT 0.900). The pairs teach what this SFT model already does; see benchmarks/results/pipeline_cpu.md.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=10, batch_size=8, lr=5e-4, warmup_steps=2, eval_every=5, eval_batches=2,
                             log_every=5, weight_decay=0.0), "dpo": dict(eval_limit=24, max_pairs=128)},
@@ -173,7 +178,8 @@ def run_dpo(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     cfg = lineage.stage_config(DPOConfig, "dpo", preset, DEFAULTS, model, config_file,
                                list(overrides) + ([f"dpo.data={data}"] if data else []))
     world = World(seed=cfg.data.world_seed)
-    train_p, val_p, test_p = preference_data(cfg.dpo.data, world, seed=cfg.train.seed, confusions=cfg.dpo.confusions)
+    train_p, val_p, test_p = preference_data(cfg.dpo.data, world, seed=cfg.train.seed, confusions=cfg.dpo.confusions,
+                                               mirrored=cfg.dpo.mirror_confusions)
     train_p = train_p[:cfg.dpo.max_pairs or None]
     block = model.cfg.block_size
     train_enc, val_enc, test_enc = (encode_pairs(tok, p, block + 1) for p in (train_p, val_p, test_p))
