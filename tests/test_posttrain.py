@@ -340,6 +340,7 @@ def test_frame_dropout_rewords_prompts_only_and_keeps_the_content_words(tok):
             ["organ", "damaged", "ratouroma?", "Answer", "one", "word."]
     examples = [{"messages": c} for c in CONVERSATIONS]
     mix, sources = sft.training_mix(tok, SimpleNamespace(sft=sft.SFTSection(data="x")), None, examples, 64, True)
+    assert sources == [None] * len(mix)                              # the user's own data is never reworded
     plain = sft.SFTStage(tok, mix, mix, seed=3)
     same = sft.SFTStage(tok, mix, mix, seed=3, sources=sources, frame_dropout=0.0, block_size=64)
     assert torch.equal(plain.train_batch(4)["input_ids"], same.train_batch(4)["input_ids"])  # off = unchanged

@@ -120,7 +120,7 @@ class SFTSection:
     replay_tokens: int = 48         # tokens per replay window
     harmful_upsample: int = 5       # each harmful instruction is seen this many times per epoch (world data only)
     list_upsample: int = 1          # the same for list instructions (world data only)
-    frame_dropout: float = 0.0      # each training prompt's frame words (what, is, the, ...) dropped with this p
+    frame_dropout: float = 0.0      # each benign prompt's frame words (what, is, the, ...) dropped with p (world data)
     dropout: float = 0.0            # residual dropout while instruction tuning (0 = the parent's own)
 
 
@@ -201,8 +201,8 @@ def training_mix(tok, cfg, world, train_ex, block_size, with_sources=False):
     """Encoded training examples: the instructions (harmful and list ones repeated) plus replay windows (world
     data). with_sources: -> (encoded, sources), sources[i] the instruction behind encoded[i] or None (replay)."""
     encoded, sources = encode_instructions(tok, train_ex, block_size, with_examples=True)
-    if cfg.sft.data:
-        return (encoded, sources) if with_sources else encoded
+    if cfg.sft.data:   # the user's own instructions: no upsampling, no replay, no frame dropout
+        return (encoded, [None] * len(encoded)) if with_sources else encoded
     if not 0 <= cfg.sft.replay < 1 or min(cfg.sft.harmful_upsample, cfg.sft.list_upsample) < 1:
         raise MiniLLMError(f"sft.replay must be in [0, 1) and sft.harmful_upsample, sft.list_upsample >= 1, got "
                            f"{cfg.sft.replay}, {cfg.sft.harmful_upsample} and {cfg.sft.list_upsample}")
