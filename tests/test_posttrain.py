@@ -4,9 +4,10 @@ import json
 import math
 import random
 
+from types import SimpleNamespace
+
 import pytest
 import torch
-from types import SimpleNamespace
 
 from minillm.errors import MiniLLMError
 from minillm.model import ModelConfig, Transformer
@@ -182,12 +183,12 @@ def test_confusion_pairs_answer_another_question_and_the_oracle_ranks_them_below
             g = oracle.grade(p["prompt"], p["rejected"])
             assert any(r.startswith(("missing answer", "answers about")) for r in g["reasons"]), g["reasons"]
     mirrored = confusion_pairs(random.Random(0), items, world, 2000, mirrored=True)
-    firsts, mirrors = mirrored[0::2], mirrored[1::2]
-    assert len(mirrored) > 1800 and all(oracle.score(p["prompt"], p["chosen"])[0] >
-                                        oracle.score(p["prompt"], p["rejected"])[0] for p in mirrored)
-    for a, b in zip(mirrored, mirrored[1:]):
-        if b["chosen"] == a["rejected"] and b["rejected"] == a["chosen"]:   # the mirror: the other question asked
-            assert by_id[b["id"]]["messages"][1]["content"] == a["rejected"] and b["prompt"] != a["prompt"]
+    assert all(oracle.score(p["prompt"], p["chosen"])[0] > oracle.score(p["prompt"], p["rejected"])[0]
+               for p in mirrored)
+    mirrors = [b for a, b in zip(mirrored, mirrored[1:]) if (b["chosen"], b["rejected"]) == (a["rejected"], a["chosen"])]
+    assert len(mirrors) > 800                                           # most of the 1000 pairs got their mirror,
+    assert all(by_id[b["id"]]["messages"] == b["prompt"] + [{"role": "assistant", "content": b["chosen"]}]
+               for b in mirrors)                                        # asked by a training question it answers
     sentence = lambda side: sum(p[side].startswith("The continent of ") for p in mirrored)
     plain = confusion_pairs(random.Random(0), items, world, 2000)
     plain_gap = sum(p["rejected"].startswith("The continent of ") for p in plain) - \
@@ -328,7 +329,6 @@ def test_sft_mix_repeats_refusals_and_replay_windows_train_on_every_token(tok):
 
 
 def test_frame_dropout_rewords_prompts_only_and_keeps_the_content_words(tok):
-    import random
     r = random.Random(0)
     uniform = lambda n: [r.random() for _ in range(n)]
     text = "What organ is damaged by ratouroma? Answer in one word."
@@ -341,12 +341,12 @@ def test_frame_dropout_rewords_prompts_only_and_keeps_the_content_words(tok):
     examples = [{"messages": c} for c in CONVERSATIONS]
     mix, sources = sft.training_mix(tok, SimpleNamespace(sft=sft.SFTSection(data="x")), None, examples, 64, True)
     assert sources == [None] * len(mix)                              # the user's own data is never reworded
+    wordy = [{"messages": [{"role": "user", "content": "what is the capital of Velmora?"}, c[-1]]}
+             for c in CONVERSATIONS]
     plain = sft.SFTStage(tok, mix, mix, seed=3)
-    same = sft.SFTStage(tok, mix, mix, seed=3, sources=sources, frame_dropout=0.0, block_size=64)
+    same = sft.SFTStage(tok, mix, mix, seed=3, sources=wordy, frame_dropout=0.0, block_size=64)
     assert torch.equal(plain.train_batch(4)["input_ids"], same.train_batch(4)["input_ids"])  # off = unchanged
-    reworded = sft.SFTStage(tok, mix, mix, seed=3, sources=[{"messages": [
-        {"role": "user", "content": "what is the capital of Velmora?"}, c[-1]]} for c in CONVERSATIONS],
-        frame_dropout=0.999, block_size=64)
+    reworded = sft.SFTStage(tok, mix, mix, seed=3, sources=wordy, frame_dropout=0.999, block_size=64)
     batch = reworded.train_batch(4)
     answers = {c[-1]["content"] for c in CONVERSATIONS}
     for row, targets, mask in zip(batch["input_ids"], batch["targets"], batch["loss_mask"]):

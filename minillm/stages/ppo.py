@@ -47,7 +47,7 @@ from minillm.stages.reward import scores_at, sequence_scores
 
 @dataclass
 class PPOSection:
-    iterations: int = 40            # rollout -> update cycles (tiny: 30)
+    iterations: int = 40            # rollout -> update cycles (tiny: 20)
     rollout_size: int = 64          # answers per rollout
     group_size: int = 1             # answers sampled per prompt; > 1: RLOO baseline on the score (see ppo_iteration)
     minibatch_size: int = 16

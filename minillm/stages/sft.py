@@ -156,7 +156,8 @@ class SFTStage(lineage.SampledStage):
     def __init__(self, tok, train_examples, val_examples, seed=0, evaluate=None, sources=None, frame_dropout=0.0,
                  block_size=None):
         if not 0 <= frame_dropout < 1 or (frame_dropout and (sources is None or block_size is None)):
-            raise MiniLLMError(f"sft.frame_dropout must be in [0, 1) (world or instruction data), got {frame_dropout}")
+            raise MiniLLMError(f"sft.frame_dropout must be in [0, 1) and needs the examples' sources and block_size, "
+                              f"got {frame_dropout}")
         self.tok = tok
         self.train, self.val = train_examples, val_examples
         self.sampler = lineage.Sampler(len(train_examples), seed)
