@@ -7,6 +7,8 @@ import random
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from minillm.errors import MiniLLMError
@@ -220,7 +222,7 @@ def test_length_sorted_chunks_give_the_whole_batch_numbers_and_gradients(tok):
     position (chatdata.by_length); a causal model must give the same values and gradients as on the padded batch."""
     torch.manual_seed(0)
     model = small_model(tok)
-    convs = CONVERSATIONS * 5                                                  # 20 rows: two chunks of 16 and 4
+    convs = CONVERSATIONS * 5                                                  # 20 rows of 4 lengths
     batch = chatdata.collate_lm([chatdata.encode_chat(tok, c, 65) for c in convs], tok.pad_id)
     whole = sft.masked_lm_loss(model(batch["input_ids"]), batch["targets"], batch["loss_mask"])
     grads = torch.autograd.grad(whole, list(model.parameters()))
@@ -241,6 +243,24 @@ def test_length_sorted_chunks_give_the_whole_batch_numbers_and_gradients(tok):
         r_c, r_r = reward.sequence_scores(rm, rb["input_ids"], rb["answer_mask"], pool=pool).chunk(2)
         expected = rl.bradley_terry_loss(r_c, r_r)[0]
         assert reward.reward_loss(rm, rb, pool=pool)[0].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 90), min_size=1, max_size=9), st.integers(0, 400))
+def test_length_chunks_is_the_cheapest_cut_of_the_sorted_rows(lengths, chunk_cost):
+    """Every row in exactly one chunk, chunks contiguous in sorted order, and no other cut of the sorted rows
+    (all 2^(B-1) of them, by brute force) pads less: sum of n * longest + chunk_cost."""
+    import itertools
+    order, chunks = chatdata.length_chunks(torch.tensor(lengths), chunk_cost)
+    assert torch.equal(torch.cat(chunks), order)
+    srt = sorted(lengths)
+    cost = lambda parts: sum(len(p) * max(p) + chunk_cost for p in parts)
+    got = cost([[lengths[i] for i in c.tolist()] for c in chunks])
+    best = min(cost([srt[a:b] for a, b in zip((0,) + cuts, cuts + (len(srt),))])
+               for k in range(len(srt)) for cuts in itertools.combinations(range(1, len(srt)), k))
+    assert got == best
+    if chunk_cost > 90 * len(lengths):
+        assert len(chunks) == 1                                                   # one pass beats any split
 
 
 def test_dpo_starts_at_log2_and_its_reference_logprobs_are_the_policys(tok):
