@@ -117,11 +117,11 @@ class DPOConfig(RunConfig):
 # RPO nll_coef 1.0 0.881, confusions 0.5 0.872, beta 0.3 0.879, mirror_confusions 0.876. Over seeds 0 / 1 / 2, test
 # oracle minus SFT's: 2e-5 -0.020 / -0.010 / -0.009, 1e-5 -0.001 / -0.002 / +0.008 (val: equal on all three), so
 # 1e-5 is the default now (KL 0.03-0.06). The pairs teach what this SFT model already does on training prompts;
-# see benchmarks/results/pipeline_cpu.md.
+# see benchmarks/results/pipeline_cpu.md. Session 10: 60 steps (was 100) for the pipeline's time budget.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=10, batch_size=8, lr=5e-4, warmup_steps=2, eval_every=5, eval_batches=2,
                             log_every=5, weight_decay=0.0), "dpo": dict(eval_limit=24, max_pairs=128)},
-    "tiny": {"train": dict(max_steps=100, batch_size=16, lr=1e-5, warmup_steps=5, eval_every=25, eval_batches=4,
+    "tiny": {"train": dict(max_steps=60, batch_size=16, lr=1e-5, warmup_steps=5, eval_every=20, eval_batches=4,
                            log_every=10, weight_decay=0.0), "dpo": dict(confusions=1.0)},
     "small": {"train": dict(max_steps=500, batch_size=32, lr=5e-5, warmup_steps=20, eval_every=100,
                             eval_batches=8, weight_decay=0.0)},

@@ -32,6 +32,10 @@ class FinetuneConfig(RunConfig):
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
 
+# tiny: 150 steps (200 until session 9). Domain perplexity falls >99.9% by 120, but what the assistant knows of the
+# domain keeps growing: SFT on top, 1228 held-out prompts (benchmarks/heldout_pool.py), domain family, seed 0 -- 120
+# steps 0.21, 150 0.39, 200 0.41 (weighted accuracy 0.725, 0.764, 0.772); three seeds at 120 averaged 0.746 where
+# session 9's at 150 averaged 0.770.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5)},
