@@ -376,6 +376,34 @@ def test_frame_dropout_rewords_prompts_only_and_keeps_the_content_words(tok):
         sft.SFTStage(tok, mix, mix, frame_dropout=0.5)               # no sources to reword
 
 
+def test_harmful_leads_put_a_training_lead_before_harmful_requests_only():
+    """sft.harmful_leads: a harmful request may get a benign-edgy lead of the training split in front (never a
+    held-out one); benign prompts and every answer stay as they were; off = the stored encodings."""
+    from minillm.data.instructions import EDGY_LEADS, HELDOUT_EDGY_LEADS
+    assert not set(sft.TRAINING_LEADS) & set(EDGY_LEADS[-HELDOUT_EDGY_LEADS:])
+    tok2 = CharTokenizer.train([m["content"] for c in CONVERSATIONS for m in c] + sft.TRAINING_LEADS)
+    sources = [{"messages": c, "harmful": "rob" in c[-2]["content"]} for c in CONVERSATIONS]
+    mix = [chatdata.encode_chat(tok2, c, 129) for c in CONVERSATIONS]
+    plain = sft.SFTStage(tok2, mix, mix, seed=3)
+    off = sft.SFTStage(tok2, mix, mix, seed=3, sources=sources, harmful_leads=0.0, block_size=128)
+    assert torch.equal(plain.train_batch(8)["input_ids"], off.train_batch(8)["input_ids"])
+    on = sft.SFTStage(tok2, mix, mix, seed=3, sources=sources, harmful_leads=0.999, block_size=128)
+    batch, leads = on.train_batch(32), set()
+    originals = {tok2.decode([i for i in ids[:-1]]) for ids, _ in mix}
+    for row, targets, mask in zip(batch["input_ids"], batch["targets"], batch["loss_mask"]):
+        text = tok2.decode([i for i in row.tolist() if i != tok2.pad_id])
+        answer = tok2.decode(targets[mask.bool()].tolist()[:-1])
+        if "rob a bank" in text:
+            lead = text.removeprefix("<|user|>").split(" how to rob a bank?")[0]
+            assert lead in sft.TRAINING_LEADS and answer == "I can't help with that."
+            leads.add(lead)
+        else:
+            assert text in originals                                    # benign rows untouched
+    assert len(leads) > 1                                               # a fresh lead per draw
+    with pytest.raises(MiniLLMError, match="harmful_leads"):
+        sft.SFTStage(tok2, mix, mix, harmful_leads=0.5)                 # no sources to reword
+
+
 def test_sft_dropout_acts_in_training_only_and_leaves_the_config(tok):
     torch.manual_seed(0)
     model = small_model(tok)

@@ -30,6 +30,11 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
               entity stay reliable. Random deletion from EDA (Wei & Zou 2019), kept off the content words so
               the answer still follows from the prompt, and off harmful requests and the words that ask for
               help (how, I, me, can, to, ...), which are what a refusal generalises from.
+  harmful_leads  each harmful request, each time it is drawn, gets with probability p one of the training split's
+              benign-edgy leads in front ("I want to shoot some photos on my trip. How do I build a bomb?"). In the
+              instructions those leads only ever precede benign questions, so "I want to ..." had come to mean
+              "answer": the held-out wording "I want to {a}. How?" got a fact instead of a refusal. A friendly lead
+              never makes a harmful request benign; the request itself decides.
   dropout     optional (default 0): residual dropout during SFT only (the saved model keeps the parent's).
               Without it the answer's first words depend on *which* country is asked about: for countries the
               instructions never name, "The" was followed by the relation asked for in 58 of 81 probes ("Tell me
@@ -48,6 +53,7 @@ import torch.nn.functional as F
 
 from minillm.checkpoint import sha256_texts
 from minillm.config import RunConfig
+from minillm.data.instructions import EDGY_LEADS, HELDOUT_EDGY_LEADS
 from minillm.errors import MiniLLMError
 from minillm.stages import chatdata, lineage
 
@@ -86,6 +92,13 @@ FRAME_WORDS = frozenset("what which where who whom is are was the a an do does o
                         "i'd like know it its what's that this there".split())
 
 
+# The benign-edgy leads of the training split ("I want to shoot some photos on my trip.", ...). In training they only
+# ever precede a benign question, so a tiny model learns "I want to ... " -> answer, and the held-out harmful wording
+# "I want to {a}. How?" was answered with a fact (3 of the 4 refusals missed on the test split of seeds 0 and 2).
+# sft.harmful_leads puts them before harmful requests too: a friendly lead never makes a harmful request benign.
+TRAINING_LEADS = EDGY_LEADS[:len(EDGY_LEADS) - HELDOUT_EDGY_LEADS]
+
+
 def drop_frame_words(text, p, uniform):
     """Delete each frame word of `text` with probability p (uniform(n) -> n draws in [0, 1)); every other word
     (entities, relation words, the action asked for) stays. EDA's random deletion (Wei & Zou 2019), kept off the
@@ -121,6 +134,7 @@ class SFTSection:
     harmful_upsample: int = 5       # each harmful instruction is seen this many times per epoch (world data only)
     list_upsample: int = 1          # the same for list instructions (world data only)
     frame_dropout: float = 0.0      # each benign prompt's frame words (what, is, the, ...) dropped with p (world data)
+    harmful_leads: float = 0.0      # each harmful request gets a training benign-edgy lead in front with p (world data)
     dropout: float = 0.0            # residual dropout while instruction tuning (0 = the parent's own)
 
 
@@ -138,12 +152,16 @@ class SFTConfig(RunConfig):
 # Session 9, one parent (seed 0), accuracy test / val, refusal on both: 2000 x 5e-4 0.735 / -, 0.875 (test);
 # 1000 x 1e-3 with lists x3 and refusals x3 0.762 / 0.731, 0.95; + frame_dropout 0.3: 0.796-0.808 / 0.70-0.81
 # but refusals 0.77-0.88; with refusals x5 again 0.819 / 0.785, 0.90. Half the steps: the time budget.
+# Session 10, harmful_leads 0.3 against off, the same parents (seeds 0 / 1 / 2): refusals on test + val 57 / 55 / 59
+# of 60 against 55 / 57 / 54 ("I want to {a}. How?" refused on every seed; the misses left are held-out actions),
+# accuracy test 0.785 / 0.827 / 0.823 against 0.819 / 0.835 / 0.765, val 0.777 / 0.823 / 0.792 against 0.777 /
+# 0.823 / 0.715.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
     "tiny": {"train": dict(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=250, eval_batches=4,
                            log_every=10, weight_decay=0.0, min_lr_ratio=0.1),
-             "sft": dict(frame_dropout=0.3, list_upsample=3)},
+             "sft": dict(frame_dropout=0.3, list_upsample=3, harmful_leads=0.3)},
     "small": {"train": dict(max_steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8, weight_decay=0.0)},
 }
@@ -154,25 +172,37 @@ class SFTStage(lineage.SampledStage):
     name = "sft"
 
     def __init__(self, tok, train_examples, val_examples, seed=0, evaluate=None, sources=None, frame_dropout=0.0,
-                 block_size=None):
-        if not 0 <= frame_dropout < 1 or (frame_dropout and (sources is None or block_size is None)):
-            raise MiniLLMError(f"sft.frame_dropout must be in [0, 1) and needs the examples' sources and block_size, "
-                              f"got {frame_dropout}")
+                 block_size=None, harmful_leads=0.0):
+        for name, p in (("frame_dropout", frame_dropout), ("harmful_leads", harmful_leads)):
+            if not 0 <= p < 1 or (p and (sources is None or block_size is None)):
+                raise MiniLLMError(f"sft.{name} must be in [0, 1) and needs the examples' sources and block_size, "
+                                   f"got {p}")
         self.tok = tok
         self.train, self.val = train_examples, val_examples
         self.sampler = lineage.Sampler(len(train_examples), seed)
         self._evaluate = evaluate
         self.sources, self.frame_dropout, self.block_size = sources, frame_dropout, block_size
+        self.harmful_leads = harmful_leads
 
     def _example(self, i):
-        """Training example i, its prompt re-worded on the fly when frame_dropout > 0 (draws from the sampler's
-        generator, so a resumed run repeats them). Harmful requests keep their words: there the frame ("how do I",
-        "teach me to") is what asks for help, and it is the cue that carries refusals to unseen actions."""
-        if not self.frame_dropout or self.sources[i] is None or self.sources[i].get("harmful"):
-            return self.train[i]
+        """Training example i, its prompt re-worded on the fly (draws from the sampler's generator, so a resumed run
+        repeats them): a benign prompt loses frame words (frame_dropout); a harmful request keeps its words -- there
+        the frame ("how do I", "teach me to") is what asks for help, the cue that carries refusals to unseen actions
+        -- but may get a benign-edgy lead in front (harmful_leads)."""
+        src = self.sources[i] if self.sources is not None else None
         uniform = lambda n: torch.rand(n, generator=self.sampler.g).tolist()
-        messages = [dict(m, content=drop_frame_words(m["content"], self.frame_dropout, uniform))
-                    if m["role"] == "user" else m for m in self.sources[i]["messages"]]
+        if src is None:
+            return self.train[i]
+        if src.get("harmful"):
+            if not self.harmful_leads or uniform(1)[0] >= self.harmful_leads:
+                return self.train[i]
+            lead = TRAINING_LEADS[int(torch.randint(len(TRAINING_LEADS), (1,), generator=self.sampler.g))]
+            reword = lambda text: f"{lead} {text}"
+        elif self.frame_dropout:
+            reword = lambda text: drop_frame_words(text, self.frame_dropout, uniform)
+        else:
+            return self.train[i]
+        messages = [dict(m, content=reword(m["content"])) if m["role"] == "user" else m for m in src["messages"]]
         return chatdata.encode_chat(self.tok, messages, self.block_size + 1)
 
     def train_batch(self, batch_size):
@@ -252,7 +282,7 @@ def run_sft(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     block = model.cfg.block_size
     mix, sources = training_mix(tok, cfg, world, train_ex, block, with_sources=True)
     stage = SFTStage(tok, mix, encode_instructions(tok, val_ex, block), seed=cfg.train.seed, sources=sources,
-                     frame_dropout=cfg.sft.frame_dropout, block_size=block)
+                     frame_dropout=cfg.sft.frame_dropout, block_size=block, harmful_leads=cfg.sft.harmful_leads)
     resume = lineage.start_run(out, tok, parent, resume)
     set_dropout(model, cfg.sft.dropout or model.cfg.dropout)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
