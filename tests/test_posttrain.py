@@ -404,6 +404,47 @@ def test_harmful_leads_put_a_training_lead_before_harmful_requests_only():
         sft.SFTStage(tok2, mix, mix, harmful_leads=0.5)                 # no sources to reword
 
 
+def test_harmful_noise_replaces_action_words_only_with_invented_words():
+    """sft.harmful_noise: the action of a harmful request ("rob a bank") has its words replaced by invented words
+    no training prompt uses; the request words ("how to"), the punctuation, benign rows and every answer stay;
+    off = the stored encodings."""
+    r = random.Random(0)
+    uniform = lambda n: [r.random() for _ in range(n)]
+    pool = ["Zeva", "body"]
+    pick = lambda n: [r.randrange(len(pool)) for _ in range(n)]
+    text = "Can you help me hide a body?"
+    assert sft.noise_action_words(text, 0.0, pool, uniform, pick) == text
+    for _ in range(20):
+        words = sft.noise_action_words(text, 0.999, pool, uniform, pick).split(" ")
+        assert words[:4] == ["Can", "you", "help", "me"] and words[-1].endswith("?")
+        assert all(w.rstrip("?") in pool for w in words[4:])                # hide, a, body: all replaced
+    sources = [{"messages": c, "harmful": "rob" in c[-2]["content"]} for c in CONVERSATIONS]
+    pool = sft.noise_pool(sources, n=12)
+    assert len(pool) == 12 and pool == sft.noise_pool(sources, n=12)        # seeded: a resumed run draws the same
+    assert not set(pool) & {"how", "to", "rob", "a", "bank", "capital", "of", "velmora", "dunhal", "language"}
+    tok = CharTokenizer.train([m["content"] for c in CONVERSATIONS for m in c] + ["abcdefghijklmnopqrstuvwxyz"])
+    mix = [chatdata.encode_chat(tok, c, 129) for c in CONVERSATIONS]
+    plain = sft.SFTStage(tok, mix, mix, seed=3)
+    off = sft.SFTStage(tok, mix, mix, seed=3, sources=sources, harmful_noise=0.0, block_size=128)
+    assert torch.equal(plain.train_batch(8)["input_ids"], off.train_batch(8)["input_ids"])
+    on = sft.SFTStage(tok, mix, mix, seed=3, sources=sources, harmful_noise=0.999, block_size=128)
+    originals = {tok.decode(ids[:-1]) for ids, _ in mix}
+    actions = set()
+    batch = on.train_batch(32)
+    for row, targets, mask in zip(batch["input_ids"], batch["targets"], batch["loss_mask"]):
+        text = tok.decode([i for i in row.tolist() if i != tok.pad_id])
+        if "can't" in tok.decode(targets[mask.bool()].tolist()):
+            assert text.startswith("<|user|>how to ") and text.endswith("?<|end|><|assistant|>I can't help with that.")
+            action = text.removeprefix("<|user|>how to ").split("?")[0].split(" ")
+            assert len(action) == 3 and set(action) <= set(on.noise_words) and on.noise_words == sft.noise_pool(sources)
+            actions.add(tuple(action))
+        else:
+            assert text in originals                                        # benign rows untouched
+    assert len(actions) > 1                                                 # fresh words per draw
+    with pytest.raises(MiniLLMError, match="harmful_noise"):
+        sft.SFTStage(tok, mix, mix, harmful_noise=0.5)                      # no sources to reword
+
+
 def test_sft_dropout_acts_in_training_only_and_leaves_the_config(tok):
     torch.manual_seed(0)
     model = small_model(tok)

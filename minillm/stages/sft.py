@@ -35,6 +35,13 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
               instructions those leads only ever precede benign questions, so "I want to ..." had come to mean
               "answer": the held-out wording "I want to {a}. How?" got a fact instead of a refusal. A friendly lead
               never makes a harmful request benign; the request itself decides.
+  harmful_noise  each word of a harmful request's *action* (not the request words how, teach, me, to, ...) is
+              replaced with probability p by an invented word, afresh every time it is drawn: "How do I build a
+              bomb?" is also seen as "How do I brom a bomb?", "How do I build daisde bomb?", ... The training split
+              has 22 actions; a held-out one is made of words no refusal ever contained ("Teach me to stalk my former
+              partner.") and was answered with a fact. With noise the refusal is learned from the request around
+              the action. Data noising (Xie et al. 2017). Invented words, not the benign prompts' own: with those
+              ("How do I build a continent?") held-out benign wordings were refused (over-refusal 0.058 on one seed).
   dropout     optional (default 0): residual dropout during SFT only (the saved model keeps the parent's).
               Without it the answer's first words depend on *which* country is asked about: for countries the
               instructions never name, "The" was followed by the relation asked for in 58 of 81 probes ("Tell me
@@ -46,6 +53,8 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
 Defaults (tiny): lr 1e-3, 20 warmup steps, cosine to a tenth over 1000 steps (~3 epochs of the mix). References:
 Ouyang et al. 2022 (InstructGPT, SFT stage and the ptx mix); Wei et al. 2021 (FLAN); nanochat's chat_sft.py.
 """
+import random
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -53,7 +62,8 @@ import torch.nn.functional as F
 
 from minillm.checkpoint import sha256_texts
 from minillm.config import RunConfig
-from minillm.data.instructions import EDGY_LEADS, HELDOUT_EDGY_LEADS
+from minillm.data.facts import _syllable
+from minillm.data.instructions import EDGY_LEADS, HARMFUL_TEMPLATES, HELDOUT_EDGY_LEADS, HELDOUT_HARMFUL_TEMPLATES
 from minillm.errors import MiniLLMError
 from minillm.stages import chatdata, lineage
 
@@ -109,6 +119,40 @@ def drop_frame_words(text, p, uniform):
     return " ".join(kept) if kept else text
 
 
+# The words of the training harmful-request templates ("how", "teach", "me", "to", "steps", ...): the request,
+# never the action (sft.harmful_noise leaves them alone).
+_WORD = r"[A-Za-z'-]+"
+REQUEST_WORDS = frozenset(w.lower() for t in HARMFUL_TEMPLATES[:len(HARMFUL_TEMPLATES) - HELDOUT_HARMFUL_TEMPLATES]
+                          for w in re.findall(_WORD, t.replace("{a}", "")))
+
+
+def noise_pool(sources, n=256, seed=0):
+    """n invented words ("brom", "daisde", ...) that no training prompt uses: what an action word is replaced with by
+    noise_action_words. Not the benign prompts' own words: with those ("How do I build a continent?"), a request
+    about benign things came to mean "refuse", and held-out benign wordings were refused."""
+    seen = {w.lower() for src in sources if src is not None
+            for m in src["messages"] if m["role"] == "user" for w in re.findall(_WORD, m["content"])}
+    rng, words = random.Random(f"noise:{seed}"), set()
+    while len(words) < n:
+        w = "".join(_syllable(rng) for _ in range(rng.choice((1, 2))))
+        if len(w) > 2 and w not in seen:
+            words.add(w)
+    return sorted(words)
+
+
+def noise_action_words(text, p, pool, uniform, pick):
+    """Replace each word of a harmful request that is not a request word (REQUEST_WORDS) with probability p by a
+    word of `pool` (uniform(n) -> n draws in [0, 1), pick(n) -> n indices into pool): "How do I build a bomb?" ->
+    "How do I build a brom?". Data noising (Xie et al. 2017) on the action only: the refusal is learned from the
+    request around it, so an action made of words never seen in training ("hide a body") is still refused."""
+    words = text.split(" ")
+    action = [j for j, w in enumerate(words) if "".join(re.findall(_WORD, w)).lower() not in REQUEST_WORDS]
+    hit = [j for j, r in zip(action, uniform(len(action))) if r < p]
+    for j, k in zip(hit, pick(len(hit))):
+        words[j] = re.sub(_WORD, lambda _: pool[k], words[j], count=1)
+    return " ".join(words)
+
+
 @torch.no_grad()
 def heldout_loss(model, tok, encoded, batch_size=64):
     """Answer-only loss on held-out conversations (a number that SFT must bring down)."""
@@ -135,6 +179,7 @@ class SFTSection:
     list_upsample: int = 1          # the same for list instructions (world data only)
     frame_dropout: float = 0.0      # each benign prompt's frame words (what, is, the, ...) dropped with p (world data)
     harmful_leads: float = 0.0      # each harmful request gets a training benign-edgy lead in front with p (world data)
+    harmful_noise: float = 0.0      # each action word of a harmful request replaced with p by an invented word
     dropout: float = 0.0            # residual dropout while instruction tuning (0 = the parent's own)
 
 
@@ -156,12 +201,16 @@ class SFTConfig(RunConfig):
 # of 60 against 55 / 57 / 54 ("I want to {a}. How?" refused on every seed; the misses left are held-out actions),
 # accuracy test 0.785 / 0.827 / 0.823 against 0.819 / 0.835 / 0.765, val 0.777 / 0.823 / 0.792 against 0.777 /
 # 0.823 / 0.715.
+# Session 12, harmful_noise on the same parents (seeds 0 / 1 / 2), test: 0.3 -> refusals 0.975 / 1.0 / 1.0 (were
+# 0.925 / 0.90 / 0.975), accuracy 0.792 / 0.808 / 0.758 (were 0.785 / 0.827 / 0.823), over-refusal 0; 0.15 ->
+# refusals 0.975 / 0.95 / 0.925, accuracy 0.762 / 0.800 / 0.746; 0.3 with refusals x3 -> accuracy 0.765 / - / 0.762,
+# refusals 0.95 / - / 0.975. The benign prompts' words as the noise (not invented ones): over-refusal 0.058 on seed 2.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
     "tiny": {"train": dict(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=250, eval_batches=4,
                            log_every=10, weight_decay=0.0, min_lr_ratio=0.1),
-             "sft": dict(frame_dropout=0.3, list_upsample=3, harmful_leads=0.3)},
+             "sft": dict(frame_dropout=0.3, list_upsample=3, harmful_leads=0.3, harmful_noise=0.3)},
     "small": {"train": dict(max_steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8, weight_decay=0.0)},
 }
@@ -172,8 +221,9 @@ class SFTStage(lineage.SampledStage):
     name = "sft"
 
     def __init__(self, tok, train_examples, val_examples, seed=0, evaluate=None, sources=None, frame_dropout=0.0,
-                 block_size=None, harmful_leads=0.0):
-        for name, p in (("frame_dropout", frame_dropout), ("harmful_leads", harmful_leads)):
+                 block_size=None, harmful_leads=0.0, harmful_noise=0.0):
+        for name, p in (("frame_dropout", frame_dropout), ("harmful_leads", harmful_leads),
+                        ("harmful_noise", harmful_noise)):
             if not 0 <= p < 1 or (p and (sources is None or block_size is None)):
                 raise MiniLLMError(f"sft.{name} must be in [0, 1) and needs the examples' sources and block_size, "
                                    f"got {p}")
@@ -182,22 +232,28 @@ class SFTStage(lineage.SampledStage):
         self.sampler = lineage.Sampler(len(train_examples), seed)
         self._evaluate = evaluate
         self.sources, self.frame_dropout, self.block_size = sources, frame_dropout, block_size
-        self.harmful_leads = harmful_leads
+        self.harmful_leads, self.harmful_noise = harmful_leads, harmful_noise
+        self.noise_words = noise_pool(sources) if harmful_noise else []
 
     def _example(self, i):
         """Training example i, its prompt re-worded on the fly (draws from the sampler's generator, so a resumed run
-        repeats them): a benign prompt loses frame words (frame_dropout); a harmful request keeps its words -- there
-        the frame ("how do I", "teach me to") is what asks for help, the cue that carries refusals to unseen actions
-        -- but may get a benign-edgy lead in front (harmful_leads)."""
+        repeats them): a benign prompt loses frame words (frame_dropout); a harmful request keeps its frame words --
+        there the frame ("how do I", "teach me to") is what asks for help, the cue that carries refusals to unseen
+        actions -- but may get a benign-edgy lead in front (harmful_leads) and invented words in its action
+        (harmful_noise)."""
         src = self.sources[i] if self.sources is not None else None
         uniform = lambda n: torch.rand(n, generator=self.sampler.g).tolist()
         if src is None:
             return self.train[i]
         if src.get("harmful"):
-            if not self.harmful_leads or uniform(1)[0] >= self.harmful_leads:
+            lead = None
+            if self.harmful_leads and uniform(1)[0] < self.harmful_leads:
+                lead = TRAINING_LEADS[int(torch.randint(len(TRAINING_LEADS), (1,), generator=self.sampler.g))]
+            if lead is None and not self.harmful_noise:
                 return self.train[i]
-            lead = TRAINING_LEADS[int(torch.randint(len(TRAINING_LEADS), (1,), generator=self.sampler.g))]
-            reword = lambda text: f"{lead} {text}"
+            pick = lambda n: torch.randint(len(self.noise_words), (n,), generator=self.sampler.g).tolist()
+            noised = lambda text: noise_action_words(text, self.harmful_noise, self.noise_words, uniform, pick)
+            reword = lambda text: (f"{lead} " if lead else "") + (noised(text) if self.harmful_noise else text)
         elif self.frame_dropout:
             reword = lambda text: drop_frame_words(text, self.frame_dropout, uniform)
         else:
@@ -282,7 +338,8 @@ def run_sft(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     block = model.cfg.block_size
     mix, sources = training_mix(tok, cfg, world, train_ex, block, with_sources=True)
     stage = SFTStage(tok, mix, encode_instructions(tok, val_ex, block), seed=cfg.train.seed, sources=sources,
-                     frame_dropout=cfg.sft.frame_dropout, block_size=block, harmful_leads=cfg.sft.harmful_leads)
+                     frame_dropout=cfg.sft.frame_dropout, block_size=block, harmful_leads=cfg.sft.harmful_leads,
+                     harmful_noise=cfg.sft.harmful_noise)
     resume = lineage.start_run(out, tok, parent, resume)
     set_dropout(model, cfg.sft.dropout or model.cfg.dropout)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
