@@ -410,7 +410,7 @@ def test_harmful_noise_replaces_action_words_only_with_invented_words():
     off = the stored encodings."""
     r = random.Random(0)
     uniform = lambda n: [r.random() for _ in range(n)]
-    pool = ["Zeva", "body"]
+    pool = ["brom", "daisde"]
     pick = lambda n: [r.randrange(len(pool)) for _ in range(n)]
     text = "Can you help me hide a body?"
     assert sft.noise_action_words(text, 0.0, pool, uniform, pick) == text
@@ -418,6 +418,7 @@ def test_harmful_noise_replaces_action_words_only_with_invented_words():
         words = sft.noise_action_words(text, 0.999, pool, uniform, pick).split(" ")
         assert words[:4] == ["Can", "you", "help", "me"] and words[-1].endswith("?")
         assert all(w.rstrip("?") in pool for w in words[4:])                # hide, a, body: all replaced
+    assert sft.noise_action_words("Teach me to build a bomb.", 0.999, pool, uniform, pick).endswith(".")
     sources = [{"messages": c, "harmful": "rob" in c[-2]["content"]} for c in CONVERSATIONS]
     pool = sft.noise_pool(sources, n=12)
     assert len(pool) == 12 and pool == sft.noise_pool(sources, n=12)        # seeded: a resumed run draws the same
@@ -428,15 +429,17 @@ def test_harmful_noise_replaces_action_words_only_with_invented_words():
     off = sft.SFTStage(tok, mix, mix, seed=3, sources=sources, harmful_noise=0.0, block_size=128)
     assert torch.equal(plain.train_batch(8)["input_ids"], off.train_batch(8)["input_ids"])
     on = sft.SFTStage(tok, mix, mix, seed=3, sources=sources, harmful_noise=0.999, block_size=128)
+    assert on.noise_words == sft.noise_pool(sources)
     originals = {tok.decode(ids[:-1]) for ids, _ in mix}
     actions = set()
     batch = on.train_batch(32)
     for row, targets, mask in zip(batch["input_ids"], batch["targets"], batch["loss_mask"]):
         text = tok.decode([i for i in row.tolist() if i != tok.pad_id])
         if "can't" in tok.decode(targets[mask.bool()].tolist()):
-            assert text.startswith("<|user|>how to ") and text.endswith("?<|end|><|assistant|>I can't help with that.")
+            assert text.startswith("<|user|>how to ")
+            assert text.endswith("?<|end|><|assistant|>I can't help with that.")
             action = text.removeprefix("<|user|>how to ").split("?")[0].split(" ")
-            assert len(action) == 3 and set(action) <= set(on.noise_words) and on.noise_words == sft.noise_pool(sources)
+            assert len(action) == 3 and set(action) <= set(on.noise_words)     # rob, a, bank: all replaced
             actions.add(tuple(action))
         else:
             assert text in originals                                        # benign rows untouched
