@@ -499,3 +499,36 @@ def test_best_of_n_grades_the_reward_models_pick(monkeypatch, rm_likes_right):
     assert m["greedy_accuracy"] == 0 and m["sample_accuracy"] == 0 and m["any_of_n_accuracy"] == 1
     assert m["best_of_n_accuracy"] == float(rm_likes_right)
     assert m["best_of_n_score"] == (1.0 if rm_likes_right else pytest.approx(0.4))
+
+
+@pytest.mark.parametrize("rm_likes_right", [True, False])
+def test_caught_mistakes_scores_the_reference_against_each_wrong_greedy_answer(monkeypatch, rm_likes_right):
+    from minillm.data.oracle import Oracle
+    from minillm.data.world import World
+    from minillm.evals import best_of_n as bon
+    w = World(seed=0)
+    items = [x for x in w.instructions("test") if x["family"] == "fact"][:3]
+    refs = [x["messages"][-1]["content"] for x in items]
+    answers = [refs[0], "I think it is a lovely place.", refs[0]]          # right, wrong, wrong (another's fact)
+    tok = CharTokenizer.train([m["content"] for x in items for m in x["messages"]] + answers)
+    monkeypatch.setattr(bon.chatdata, "generate_chat", lambda policy, tok_, prompts, **kw: [
+        {"prompt_ids": chatdata.encode_prompt(tok, p, 200), "text": a,
+         "response_ids": tok.encode(a) + [tok.end_id]} for p, a in zip(prompts, answers)])
+    scored = []
+
+    ref_of = {tuple(chatdata.encode_prompt(tok, chatdata.prompt_of(x), 200)): r for x, r in zip(items, refs)}
+
+    def fake_reward_of(rm, tok_, gens, batch_size=64):   # the RM reads what PPO would: prompt ids, answer, <|end|>
+        texts = [tok.decode(g["response_ids"]) for g in gens]
+        scored.append(texts)
+        right = [t == ref_of[tuple(g["prompt_ids"])] + "<|end|>" for g, t in zip(gens, texts)]
+        return torch.tensor([1.0 if r == rm_likes_right else 0.0 for r in right])
+
+    monkeypatch.setattr(bon, "reward_of", fake_reward_of)
+    m = bon.caught_mistakes(torch.nn.Linear(1, 1), None, tok, Oracle(w), items)
+    assert scored[0] == [refs[1] + "<|end|>", refs[2] + "<|end|>"]            # the references of the two wrong ones
+    assert m["policy_wrong"] == 2 and m["n_prompts"] == 3
+    assert m["caught"] == float(rm_likes_right)
+    kinds = [x["heldout"] for x in items[1:]]
+    assert sum(int(v.split("/")[1]) for v in m["caught_by_heldout"].values()) == 2
+    assert set(m["caught_by_heldout"]) == set(kinds)

@@ -14,6 +14,12 @@ best_of_n above sample means the reward model carries signal the oracle agrees w
 right from wrong there, and optimising against it can only move the policy at random or exploit it.
 Best-of-n is also the simplest use of a reward model at inference (Nakano et al. 2021, WebGPT) and the yardstick
 of reward over-optimisation (Gao et al. 2022).
+
+caught_mistakes asks the narrower question PPO depends on: for each prompt the policy answers wrongly (greedy,
+graded by the oracle), is r(x, reference) > r(x, policy's answer)? PPO can only move the policy off a mistake the
+reward model scores below something better. A reward model built on the SFT model (and, with
+reward.likelihood, on its log-probabilities) tends to share the policy's blind spots, because the greedy answer
+is by construction the policy's most likely one; a low `caught` on held-out prompts bounds what PPO can fix there.
 """
 import torch
 
@@ -59,3 +65,35 @@ def best_of_n(policy, rm, tok, oracle, prompts, n: int = 8, max_new_tokens: int 
             sums[f"{name}_accuracy"] += float(g["correct"])
         sums["any_of_n_accuracy"] += float(any(g["correct"] for g in grades))
     return {k: v / len(prompts) for k, v in sums.items()} | {"n": n, "n_prompts": len(prompts)}
+
+
+@torch.no_grad()
+def caught_mistakes(policy, rm, tok, oracle, items, max_new_tokens: int = 48, batch_size: int = 64) -> dict:
+    """On instructions `items` (world items: messages with the reference answer last), the policy's greedy wrong
+    answers and the share the reward model scores below the reference answer, overall and by item["heldout"]."""
+    prompts = [chatdata.prompt_of(x) for x in items]
+    was = policy.training
+    policy.eval()
+    greedy = chatdata.generate_chat(policy, tok, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
+                                    batch_size=batch_size)
+    policy.train(was)
+    wrong = [j for j, (p, g) in enumerate(zip(prompts, greedy)) if not oracle.grade(p, g["text"])["correct"]]
+    out = {"n_prompts": len(items), "policy_wrong": len(wrong), "caught": None, "caught_by_heldout": {}}
+    if not wrong:
+        return out
+    refs = []
+    for j in wrong:   # the reference answer as PPO would see it: prompt ids, then the answer's ids and <|end|>
+        ids, _ = tok.render_chat(prompts[j] + [items[j]["messages"][-1]])
+        P = len(tok.render_chat(prompts[j], add_generation_prompt=True)[0])
+        refs.append({"prompt_ids": greedy[j]["prompt_ids"], "response_ids": ids[P:]})
+    r_ref = reward_of(rm, tok, refs, batch_size)                                     # (W,)
+    r_pol = reward_of(rm, tok, [greedy[j] for j in wrong], batch_size)               # (W,)
+    caught = (r_ref > r_pol).tolist()
+    by = {}
+    for j, c in zip(wrong, caught):
+        k = items[j].get("heldout", "all")
+        hit, n = by.get(k, (0, 0))
+        by[k] = (hit + c, n + 1)
+    out.update(caught=sum(caught) / len(caught), mean_margin=float((r_ref - r_pol).mean()),
+               caught_by_heldout={k: f"{h}/{n}" for k, (h, n) in sorted(by.items())})
+    return out
