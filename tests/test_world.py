@@ -126,6 +126,30 @@ def test_instruction_splits_hold_out_entities_and_wordings(w):
     assert sum(x["harmful"] for x in test) >= 30 and sum(x["family"] == "benign_edgy" for x in test) >= 30
 
 
+def test_more_training_wordings_are_train_only_and_move_nothing_held_out(w):
+    from minillm.data import instructions as I
+    more = {q for d in (I.MORE_QUESTIONS, I.MORE_DOMAIN_QUESTIONS) for qs in d.values() for q in qs}
+    patterns = [re.compile(re.escape(q).replace(r"\{e\}", "[A-Z][a-z]+").replace(r"\{c\}", "[a-z]+")) for q in more]
+    users = lambda items: [x["messages"][0]["content"] for x in items]
+    assert not any(p.search(u) for p in patterns for u in users(w.instructions("test") + w.instructions("val")))
+    assert sum(any(p.search(u) for p in patterns) for u in users(w.instructions("train"))) > 1000
+    # the held-out items are exactly what the split alone deals: more_training draws from its own stream
+    rng = w._rng("instructions")
+    items = I.split_instructions(rng, I.candidates(rng, w.countries, w.continents, w.conditions,
+                                                   set(w.heldout_countries), set(w.heldout_conditions),
+                                                   w.heldout_continent))
+    for split in ("test", "val"):
+        assert users([x for x in items if x["split"] == split]) == users(w.instructions(split))
+    # no new wording brings in a word that only a held-out wording has ("medicine", "points", "shops", ...)
+    words = lambda qs: {t for q in qs for t in re.findall(r"[a-z']+", q.lower().replace("{e}", "").replace("{c}", ""))}
+    held, seen = set(), set()
+    for d, n in ((I.QUESTIONS, I.HELDOUT_QUESTIONS), (I.DOMAIN_QUESTIONS, I.HELDOUT_DOMAIN_QUESTIONS)):
+        for qs in d.values():
+            held |= words(qs[-n:])
+            seen |= words(qs[:-n])
+    assert held - seen and not (held - seen) & words(more)
+
+
 def test_instruction_answers_are_short_and_chat_shaped(w):
     for x in w.instructions("train"):
         user, assistant = x["messages"]

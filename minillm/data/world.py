@@ -169,7 +169,12 @@ class World:
         rng = self._rng("instructions")
         items = instructions.candidates(rng, self.countries, self.continents, self.conditions,
                                         set(self.heldout_countries), set(self.heldout_conditions), self.heldout_continent)
-        return instructions.split_instructions(rng, items)
+        items = instructions.split_instructions(rng, items)
+        more = instructions.more_training(self._rng("instructions-more"), self.countries, self.conditions,
+                                          set(self.heldout_countries), set(self.heldout_conditions))
+        for i, it in enumerate(more, start=len(items)):
+            it["id"] = i
+        return items + more
 
     def all_instructions(self):
         """Every instruction the world knows, with its "split" (train/val/test/unused): the oracle's catalogue."""

@@ -54,7 +54,7 @@ def reference_logprobs(ref_model, pairs_encoded, pad_id, batch_size=64):
 class LazyReferenceLogprobs:
     """log π_ref of the pairs, computed the first time a pair is drawn and kept: `ref[idx]` -> (len(idx), 2).
 
-    A short DPO run draws a fraction of a large pair set (tiny: 60 steps x 16 = 960 draws from ~12 000 pairs), so computing every
+    A short DPO run draws a fraction of a large pair set (tiny: 60 steps x 16 = 960 draws from ~15 000 pairs), so computing every
     pair's reference log-probs up front spent most of the stage's time on pairs never used. The values are those of
     `reference_logprobs` (the frozen model, eval mode), only computed later."""
 

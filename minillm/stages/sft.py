@@ -21,7 +21,7 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
               of Nafoua is", it completes correctly). Replay keeps that knowledge reachable (~0.8). This is
               InstructGPT's "ptx" term (pretraining gradients mixed into RLHF) applied to SFT.
   harmful_upsample  refusals are a few percent of the instructions; repeating them keeps refusal_rate high
-              (list_upsample does the same for the rarest family, lists: 288 of 6 012 instructions).
+              (list_upsample does the same for the rarest family, lists: 288 of 7 596 instructions).
   frame_dropout  each benign training prompt loses each of its frame words (what, is, the, do, by, ...) with
               probability p, afresh every time it is drawn: "What organ is damaged by X?" is seen as "organ is
               damaged X?", "What organ damaged by X?", ... A tiny model otherwise keys on the *shape* of a wording
@@ -205,6 +205,9 @@ class SFTConfig(RunConfig):
 # 0.925 / 0.90 / 0.975), accuracy 0.792 / 0.808 / 0.758 (were 0.785 / 0.827 / 0.823), over-refusal 0; 0.15 ->
 # refusals 0.975 / 0.95 / 0.925, accuracy 0.762 / 0.800 / 0.746; 0.3 with refusals x3 -> accuracy 0.765 / - / 0.762,
 # refusals 0.95 / - / 0.975. The benign prompts' words as the noise (not invented ones): over-refusal 0.058 on seed 2.
+# Session 13, 1 584 more training instructions (instructions.MORE_*), full pipelines: accuracy 0.850 / 0.869 / 0.827,
+# refusals 0.975 / 0.925 / 0.975; refusals x6 (their share of the mix as before) on the same finetuned parents: 0.850 /
+# 0.881 / 0.754 and 0.975 / 0.90 / 0.975 -- no better, so x5 stays.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
