@@ -1,13 +1,18 @@
-"""Evaluation suites on stub responders: safety rates, PII extraction, robustness drops, cost, regression compare."""
+"""Evaluation suites on stub responders: safety rates, PII extraction, robustness drops, cost, regression compare,
+and the reward model on the policy's own answers (best-of-n, caught mistakes)."""
 import os
 import json
 import random
 
 import pytest
+import torch
 
 from minillm.data.oracle import Oracle
 from minillm.data.world import World
+from minillm.evals import best_of_n as bon
 from minillm.evals import compare, cost, robustness, safety
+from minillm.stages import chatdata
+from minillm.tokenizer import CharTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +166,52 @@ def test_pipeline_report_sections_without_a_chat_model(tmp_path):
     assert "| exact_duplicate | 1 |" in md and "| email | 1 |" in md
     assert "| **total** | | 2.5 | 1,000 | | 6.000e+05 |" in md
     assert "tokenizer: tokenizer → pretrain: pretrain" in md and "```mermaid" in md
+
+
+@pytest.mark.parametrize("rm_likes_right", [True, False])
+def test_best_of_n_grades_the_reward_models_pick(monkeypatch, rm_likes_right, world, oracle):
+    w = world
+    item = next(x for x in w.instructions("test") if x["family"] == "fact")
+    right, wrong = item["task"]["reference"], "I think it is a lovely place."
+    scripted = iter([[wrong], [wrong], [right], [wrong]])  # greedy, then n=3 samples
+
+    def fake_generate(policy, tok, prompts, **kw):
+        return [{"prompt_ids": [0], "response_ids": [1], "ended": True, "text": t} for t in next(scripted)]
+
+    monkeypatch.setattr(bon.chatdata, "generate_chat", fake_generate)
+    monkeypatch.setattr(bon, "reward_of", lambda rm, tok, gens, batch_size=64: torch.tensor(
+        [1.0 if (g["text"] == right) == rm_likes_right else 0.0 for g in gens]))
+    m = bon.best_of_n(torch.nn.Linear(1, 1), None, None, oracle, [item["messages"][:1]], n=3)
+    assert m["greedy_accuracy"] == 0 and m["sample_accuracy"] == 0 and m["any_of_n_accuracy"] == 1
+    assert m["best_of_n_accuracy"] == float(rm_likes_right)
+    assert m["best_of_n_score"] == (1.0 if rm_likes_right else pytest.approx(0.4))
+
+
+@pytest.mark.parametrize("rm_likes_right", [True, False])
+def test_caught_mistakes_scores_the_reference_against_each_wrong_greedy_answer(monkeypatch, rm_likes_right, world,
+                                                                            oracle):
+    w = world
+    items = [x for x in w.instructions("test") if x["family"] == "fact"][:3]
+    refs = [x["messages"][-1]["content"] for x in items]
+    answers = [refs[0], "I think it is a lovely place.", refs[0]]          # right, wrong, wrong (another's fact)
+    tok = CharTokenizer.train([m["content"] for x in items for m in x["messages"]] + answers)
+    monkeypatch.setattr(bon.chatdata, "generate_chat", lambda policy, tok_, prompts, **kw: [
+        {"prompt_ids": chatdata.encode_prompt(tok, p, 200), "text": a,
+         "response_ids": tok.encode(a) + [tok.end_id]} for p, a in zip(prompts, answers)])
+    scored = []
+    ref_of = {tuple(chatdata.encode_prompt(tok, chatdata.prompt_of(x), 200)): r for x, r in zip(items, refs)}
+
+    def fake_reward_of(rm, tok_, gens, batch_size=64):   # the RM reads what PPO would: prompt ids, answer, <|end|>
+        texts = [tok.decode(g["response_ids"]) for g in gens]
+        scored.append(texts)
+        right = [t == ref_of[tuple(g["prompt_ids"])] + "<|end|>" for g, t in zip(gens, texts)]
+        return torch.tensor([1.0 if r == rm_likes_right else 0.0 for r in right])
+
+    monkeypatch.setattr(bon, "reward_of", fake_reward_of)
+    m = bon.caught_mistakes(torch.nn.Linear(1, 1), None, tok, oracle, items)
+    assert scored[0] == [refs[1] + "<|end|>", refs[2] + "<|end|>"]            # the references of the two wrong ones
+    assert m["policy_wrong"] == 2 and m["n_prompts"] == 3
+    assert m["caught"] == float(rm_likes_right)
+    kinds = [x["heldout"] for x in items[1:]]
+    assert sum(int(v.split("/")[1]) for v in m["caught_by_heldout"].values()) == 2
+    assert set(m["caught_by_heldout"]) == set(kinds)

@@ -155,25 +155,39 @@ def _item(family, user, answer, task, ent_held, tpl_held, harmful=False):
             "family": family, "harmful": harmful, "heldout": heldout[(ent_held, tpl_held)], "task": task}
 
 
+def _fact_task(c, rel):
+    return {"type": "fact", "relation": rel, "entity": c.name, "answer": c.value(rel), "format": "sentence",
+            "reference": canonical(c, rel)}
+
+
+def _domain_task(cond, rel):
+    return {"type": "domain", "relation": rel, "entity": cond.name, "answer": cond.value(rel), "format": "sentence",
+            "reference": domain_canonical(cond, rel)}
+
+
+def _question_items(user, task, si, li, ent_held, tpl_held):
+    """The three items a fact question makes: as asked (fact), with one-word suffix si (short), after benign-edgy
+    lead li (benign_edgy); a held-out suffix or lead holds its item out by wording."""
+    short = dict(task, format="one_word", reference=task["answer"])
+    return [_item("fact", user, task["reference"], task, ent_held, tpl_held),
+            _item("short", f"{user} {ONE_WORD[si]}", task["answer"], short, ent_held,
+                  tpl_held or _held(si, len(ONE_WORD), HELDOUT_ONE_WORD)),
+            _item("benign_edgy", f"{EDGY_LEADS[li]} {user}", task["reference"], task, ent_held,
+                  tpl_held or _held(li, len(EDGY_LEADS), HELDOUT_EDGY_LEADS))]
+
+
 def candidates(rng, countries, continents, conditions, held_countries, held_conditions, held_continent):
     """Every instruction the world can ask (before the split), in a fixed order."""
     out = []
     for c in countries:
         eh = c.name in held_countries
         for rel in RELATIONS:
-            task = {"type": "fact", "relation": rel, "entity": c.name, "answer": c.value(rel),
-                    "format": "sentence", "reference": canonical(c, rel)}
+            task = _fact_task(c, rel)
             for qi, q in enumerate(QUESTIONS[rel]):
                 qh = _held(qi, len(QUESTIONS[rel]), HELDOUT_QUESTIONS)
-                user = q.format(e=c.name)
-                out.append(_item("fact", user, task["reference"], task, eh, qh))
                 si = rng.randrange(len(ONE_WORD))
-                short = dict(task, format="one_word", reference=c.value(rel))
-                out.append(_item("short", f"{user} {ONE_WORD[si]}", c.value(rel), short, eh,
-                                 qh or _held(si, len(ONE_WORD), HELDOUT_ONE_WORD)))
                 li = rng.randrange(len(EDGY_LEADS))
-                out.append(_item("benign_edgy", f"{EDGY_LEADS[li]} {user}", task["reference"], task, eh,
-                                 qh or _held(li, len(EDGY_LEADS), HELDOUT_EDGY_LEADS)))
+                out += _question_items(q.format(e=c.name), task, si, li, eh, qh)
             for ri, r in enumerate(REWRITES):
                 src = verbose(rng, c, rel)
                 rtask = dict(task, type="rewrite", source=src)
@@ -195,11 +209,9 @@ def candidates(rng, countries, continents, conditions, held_countries, held_cond
     for cond in conditions:
         eh = cond.name in held_conditions
         for rel in DOMAIN_RELATIONS:
-            ref = domain_canonical(cond, rel)
-            task = {"type": "domain", "relation": rel, "entity": cond.name, "answer": cond.value(rel),
-                    "format": "sentence", "reference": ref}
+            task = _domain_task(cond, rel)
             for qi, q in enumerate(DOMAIN_QUESTIONS[rel]):
-                out.append(_item("domain", q.format(c=cond.name), ref, task, eh,
+                out.append(_item("domain", q.format(c=cond.name), task["reference"], task, eh,
                                  _held(qi, len(DOMAIN_QUESTIONS[rel]), HELDOUT_DOMAIN_QUESTIONS)))
     for action in HARMFUL_ACTIONS:
         ah = action in HELDOUT_HARMFUL_ACTIONS
@@ -222,24 +234,17 @@ def more_training(rng, countries, conditions, held_countries, held_conditions):
         if c.name in held_countries:
             continue
         for rel in RELATIONS:
-            task = {"type": "fact", "relation": rel, "entity": c.name, "answer": c.value(rel),
-                    "format": "sentence", "reference": canonical(c, rel)}
             for q in MORE_QUESTIONS[rel]:
-                user = q.format(e=c.name)
-                out.append(_item("fact", user, task["reference"], task, False, False))
-                suffix = ONE_WORD[rng.randrange(len(ONE_WORD) - HELDOUT_ONE_WORD)]
-                out.append(_item("short", f"{user} {suffix}", c.value(rel),
-                                 dict(task, format="one_word", reference=c.value(rel)), False, False))
-                lead = EDGY_LEADS[rng.randrange(len(EDGY_LEADS) - HELDOUT_EDGY_LEADS)]
-                out.append(_item("benign_edgy", f"{lead} {user}", task["reference"], task, False, False))
+                si = rng.randrange(len(ONE_WORD) - HELDOUT_ONE_WORD)      # training suffixes and leads only
+                li = rng.randrange(len(EDGY_LEADS) - HELDOUT_EDGY_LEADS)
+                out += _question_items(q.format(e=c.name), _fact_task(c, rel), si, li, False, False)
     for cond in conditions:
         if cond.name in held_conditions:
             continue
         for rel in DOMAIN_RELATIONS:
-            ref = domain_canonical(cond, rel)
-            task = {"type": "domain", "relation": rel, "entity": cond.name, "answer": cond.value(rel),
-                    "format": "sentence", "reference": ref}
-            out += [_item("domain", q.format(c=cond.name), ref, task, False, False) for q in MORE_DOMAIN_QUESTIONS[rel]]
+            task = _domain_task(cond, rel)
+            out += [_item("domain", q.format(c=cond.name), task["reference"], task, False, False)
+                    for q in MORE_DOMAIN_QUESTIONS[rel]]
     for it in out:
         it["split"] = "train"
     return out
