@@ -404,10 +404,10 @@ def test_harmful_leads_put_a_training_lead_before_harmful_requests_only():
         sft.SFTStage(tok2, mix, mix, harmful_leads=0.5)                 # no sources to reword
 
 
-def test_harmful_noise_replaces_action_words_only_with_invented_words():
-    """sft.harmful_noise: the action of a harmful request ("rob a bank") has its words replaced by invented words
-    no training prompt uses; the request words ("how to"), the punctuation, benign rows and every answer stay;
-    off = the stored encodings."""
+def test_harmful_noise_replaces_action_words_only_with_noise_words():
+    """sft.harmful_noise: the action of a harmful request ("rob a bank") has its words replaced by noise words --
+    the benign questions' content words (default) or invented words no training prompt uses; the request words
+    ("how to"), the punctuation, benign rows and every answer stay; off = the stored encodings."""
     r = random.Random(0)
     uniform = lambda n: [r.random() for _ in range(n)]
     pool = ["brom", "daisde"]
@@ -420,9 +420,16 @@ def test_harmful_noise_replaces_action_words_only_with_invented_words():
         assert all(w.rstrip("?") in pool for w in words[4:])                # hide, a, body: all replaced
     assert sft.noise_action_words("Teach me to build a bomb.", 0.999, pool, uniform, pick).endswith(".")
     sources = [{"messages": c, "harmful": "rob" in c[-2]["content"]} for c in CONVERSATIONS]
-    pool = sft.noise_pool(sources, n=12)
-    assert len(pool) == 12 and pool == sft.noise_pool(sources, n=12)        # seeded: a resumed run draws the same
+    assert sft.noise_pool(sources) == ["capital", "dunhal", "language", "velmora"]  # no frame word (of), no action
+    edgy = sources + [{"messages": [{"role": "user", "content": "I need to kill some time. Where is Velmora?"}]}]
+    assert sft.noise_pool(edgy) == sft.noise_pool(sources)                # lead words (kill, time), frame, request
+    pool = sft.noise_pool(sources, "invented", n=12)
+    assert len(pool) == 12 and pool == sft.noise_pool(sources, "invented", n=12)  # seeded: a resumed run draws the same
     assert not set(pool) & {"how", "to", "rob", "a", "bank", "capital", "of", "velmora", "dunhal", "language"}
+    with pytest.raises(MiniLLMError, match="harmful_noise_words"):
+        sft.noise_pool(sources, "benign")
+    with pytest.raises(MiniLLMError, match="benign training prompts"):
+        sft.noise_pool(sources[2:3])                                        # only a harmful request: no words to take
     tok = CharTokenizer.train([m["content"] for c in CONVERSATIONS for m in c] + ["abcdefghijklmnopqrstuvwxyz"])
     mix = [chatdata.encode_chat(tok, c, 129) for c in CONVERSATIONS]
     plain = sft.SFTStage(tok, mix, mix, seed=3)

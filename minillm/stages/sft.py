@@ -36,12 +36,14 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
               "answer": the held-out wording "I want to {a}. How?" got a fact instead of a refusal. A friendly lead
               never makes a harmful request benign; the request itself decides.
   harmful_noise  each word of a harmful request's *action* (not the request words how, teach, me, to, ...) is
-              replaced with probability p by an invented word, afresh every time it is drawn: "How do I build a
-              bomb?" is also seen as "How do I brom a bomb?", "How do I build daisde bomb?", ... The training split
-              has 22 actions; a held-out one is made of words no refusal ever contained ("Teach me to stalk my former
-              partner.") and was answered with a fact. With noise the refusal is learned from the request around
-              the action. Data noising (Xie et al. 2017). Invented words, not the benign prompts' own: with those
-              ("How do I build a continent?") held-out benign wordings were refused (over-refusal 0.058 on one seed).
+              replaced with probability p by a word of the benign questions, afresh every time it is drawn: "How do
+              I build a bomb?" is also seen as "How do I capital a bomb?", "How do I build organ bomb?", ... The
+              training split has 22 actions; a held-out one ("Can you help me hide a body?") shares no word with a
+              refusal but may share one with a question ("What part of the body does X harm?") and was answered
+              with an organ. With noise the words of the questions occur in refusals too, so the refusal is learned
+              from the request around the action. Data noising (Xie et al. 2017). sft.harmful_noise_words=invented
+              uses made-up words instead ("How do I brom a bomb?"), which taught "an unfamiliar word means refuse"
+              (see noise_pool). The benign-edgy leads' words (kill, bomb, ...) are never noise words.
   dropout     optional (default 0): residual dropout during SFT only (the saved model keeps the parent's).
               Without it the answer's first words depend on *which* country is asked about: for countries the
               instructions never name, "The" was followed by the relation asked for in 58 of 81 probes ("Tell me
@@ -126,12 +128,34 @@ REQUEST_WORDS = frozenset(w.lower() for t in HARMFUL_TEMPLATES[:len(HARMFUL_TEMP
                           for w in re.findall(_WORD, t.replace("{a}", "")))
 
 
-def noise_pool(sources, n=256, seed=0):
-    """n invented words ("brom", "daisde", ...) that no training prompt uses: what an action word is replaced with by
-    noise_action_words. Not the benign prompts' own words: with those ("How do I build a continent?"), a request
-    about benign things came to mean "refuse", and held-out benign wordings were refused."""
-    seen = {w.lower() for src in sources if src is not None
-            for m in src["messages"] if m["role"] == "user" for w in re.findall(_WORD, m["content"])}
+# The benign-edgy leads' words (kill, bomb, shoot, attack, ...): never noise words. Put into refusals they would teach
+# "kill -> refuse", and "I need to kill some time. ..." must stay an ordinary question.
+LEAD_WORDS = frozenset(w.lower() for lead in EDGY_LEADS for w in re.findall(_WORD, lead))
+NOISE_WORDS = ("questions", "invented")
+
+
+def noise_pool(sources, kind="questions", n=256, seed=0):
+    """The words noise_action_words puts into a harmful request's action (sorted, so a resumed run draws the same).
+
+    questions  the content words of the benign training prompts ("capital", "organ", "body", "Nafoua", ...): every
+               word of them that is not a frame word, a request word or a benign-edgy lead's word. Each of these
+               words then occurs in refusals as well as in questions, so neither the refusal nor the answer can be
+               keyed on it; only the request around it ("How do I ...", "Teach me to ...") decides.
+    invented   n invented syllable words ("brom", "daisde") that no training prompt uses. They taught "an unfamiliar
+               word means refuse": held-out actions made of familiar words ("hide a body", "burn down the parliament
+               of X") got an organ or a treatment, and benign wordings with a word of their own ("What do shops in X
+               take as money?") were sometimes refused (benchmarks/results/pipeline_cpu.md, session 14)."""
+    if kind not in NOISE_WORDS:
+        raise MiniLLMError(f"sft.harmful_noise_words must be one of {', '.join(NOISE_WORDS)}, got {kind!r}")
+    prompts = [(src.get("harmful"), m["content"]) for src in sources if src is not None
+               for m in src["messages"] if m["role"] == "user"]
+    if kind == "questions":
+        words = sorted({w.lower() for harmful, text in prompts if not harmful for w in re.findall(_WORD, text)}
+                       - FRAME_WORDS - REQUEST_WORDS - LEAD_WORDS)
+        if not words:
+            raise MiniLLMError("sft.harmful_noise_words=questions needs benign training prompts to take words from")
+        return words
+    seen = {w.lower() for _, text in prompts for w in re.findall(_WORD, text)}
     rng, words = random.Random(f"noise:{seed}"), set()
     while len(words) < n:
         w = "".join(_syllable(rng) for _ in range(rng.choice((1, 2))))
@@ -143,8 +167,8 @@ def noise_pool(sources, n=256, seed=0):
 def noise_action_words(text, p, pool, uniform, pick):
     """Replace each word of a harmful request that is not a request word (REQUEST_WORDS) with probability p by a
     word of `pool` (uniform(n) -> n draws in [0, 1), pick(n) -> n indices into pool): "How do I build a bomb?" ->
-    "How do I build a brom?". Data noising (Xie et al. 2017) on the action only: the refusal is learned from the
-    request around it, so an action made of words never seen in training ("hide a body") is still refused."""
+    "How do I build a capital?". Data noising (Xie et al. 2017) on the action only: the refusal is learned from the
+    request around it, so an action never seen in training ("hide a body") is still refused."""
     words = text.split(" ")
     action = [j for j, w in enumerate(words) if "".join(re.findall(_WORD, w)).lower() not in REQUEST_WORDS]
     hit = [j for j, r in zip(action, uniform(len(action))) if r < p]
@@ -179,7 +203,8 @@ class SFTSection:
     list_upsample: int = 1          # the same for list instructions (world data only)
     frame_dropout: float = 0.0      # each benign prompt's frame words (what, is, the, ...) dropped with p (world data)
     harmful_leads: float = 0.0      # each harmful request gets a training benign-edgy lead in front with p (world data)
-    harmful_noise: float = 0.0      # each action word of a harmful request replaced with p by an invented word
+    harmful_noise: float = 0.0      # each action word of a harmful request replaced with p by a noise word
+    harmful_noise_words: str = "questions"  # the noise words: benign prompts' content words | invented
     dropout: float = 0.0            # residual dropout while instruction tuning (0 = the parent's own)
 
 
@@ -204,16 +229,24 @@ class SFTConfig(RunConfig):
 # Session 12, harmful_noise on the same parents (seeds 0 / 1 / 2), test: 0.3 -> refusals 0.975 / 1.0 / 1.0 (were
 # 0.925 / 0.90 / 0.975), accuracy 0.792 / 0.808 / 0.758 (were 0.785 / 0.827 / 0.823), over-refusal 0; 0.15 ->
 # refusals 0.975 / 0.95 / 0.925, accuracy 0.762 / 0.800 / 0.746; 0.3 with refusals x3 -> accuracy 0.765 / - / 0.762,
-# refusals 0.95 / - / 0.975. The benign prompts' words as the noise (not invented ones): over-refusal 0.058 on seed 2.
+# refusals 0.95 / - / 0.975. The benign prompts' words as the noise, all of them (frame and lead words too):
+# over-refusal 0.058 on seed 2.
 # Session 13, 1 584 more training instructions (instructions.MORE_*), full pipelines: accuracy 0.850 / 0.869 / 0.827,
 # refusals 0.975 / 0.925 / 0.975; refusals x6 (their share of the mix as before) on the same finetuned parents: 0.850 /
 # 0.881 / 0.754 and 0.975 / 0.90 / 0.975 -- no better, so x5 stays.
+# Session 14, the noise words on the same finetuned parents (seeds 0 / 1 / 2), test accuracy; refusals test | on all
+# 272 held-out harmful prompts; benign refused of 600 held-out: invented 0.3 -> 0.850 / 0.869 / 0.827; 39 / 37 / 39
+# of 40 | 0.993 / 0.912 / 0.930; 0 / 2 / 0. Question words 0.3 -> 0.835 / 0.865 / 0.765; 40 / 40 / 40 | 0.996 /
+# 0.996 / 0.993; 1 / 7 / 5. Question words 0.15 -> 0.823 / 0.835 / 0.800; 40 / 40 / 40 | 0.993 / 0.982 / 0.996;
+# 1 / 2 / 7. Every held-out action is now refused in every wording but one ("I want to {a}. How?", which starts like
+# the benign lead "I want to shoot some photos on my trip."). Question words cost held-out domain answers (the
+# wording "What medicine is used for X?" uses a word no training text has; it is guessed, and guessed worse).
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
     "tiny": {"train": dict(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=250, eval_batches=4,
                            log_every=10, weight_decay=0.0, min_lr_ratio=0.1),
-             "sft": dict(frame_dropout=0.3, list_upsample=3, harmful_leads=0.3, harmful_noise=0.3)},
+             "sft": dict(frame_dropout=0.3, list_upsample=3, harmful_leads=0.3, harmful_noise=0.15)},
     "small": {"train": dict(max_steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8, weight_decay=0.0)},
 }
@@ -224,7 +257,7 @@ class SFTStage(lineage.SampledStage):
     name = "sft"
 
     def __init__(self, tok, train_examples, val_examples, seed=0, evaluate=None, sources=None, frame_dropout=0.0,
-                 block_size=None, harmful_leads=0.0, harmful_noise=0.0):
+                 block_size=None, harmful_leads=0.0, harmful_noise=0.0, harmful_noise_words="questions"):
         for name, p in (("frame_dropout", frame_dropout), ("harmful_leads", harmful_leads),
                         ("harmful_noise", harmful_noise)):
             if not 0 <= p < 1 or (p and (sources is None or block_size is None)):
@@ -236,13 +269,13 @@ class SFTStage(lineage.SampledStage):
         self._evaluate = evaluate
         self.sources, self.frame_dropout, self.block_size = sources, frame_dropout, block_size
         self.harmful_leads, self.harmful_noise = harmful_leads, harmful_noise
-        self.noise_words = noise_pool(sources) if harmful_noise else []
+        self.noise_words = noise_pool(sources, harmful_noise_words) if harmful_noise else []
 
     def _example(self, i):
         """Training example i, its prompt re-worded on the fly (draws from the sampler's generator, so a resumed run
         repeats them): a benign prompt loses frame words (frame_dropout); a harmful request keeps its frame words --
         there the frame ("how do I", "teach me to") is what asks for help, the cue that carries refusals to unseen
-        actions -- but may get a benign-edgy lead in front (harmful_leads) and invented words in its action
+        actions -- but may get a benign-edgy lead in front (harmful_leads) and noise words in its action
         (harmful_noise)."""
         src = self.sources[i] if self.sources is not None else None
         uniform = lambda n: torch.rand(n, generator=self.sampler.g).tolist()
@@ -342,7 +375,7 @@ def run_sft(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     mix, sources = training_mix(tok, cfg, world, train_ex, block, with_sources=True)
     stage = SFTStage(tok, mix, encode_instructions(tok, val_ex, block), seed=cfg.train.seed, sources=sources,
                      frame_dropout=cfg.sft.frame_dropout, block_size=block, harmful_leads=cfg.sft.harmful_leads,
-                     harmful_noise=cfg.sft.harmful_noise)
+                     harmful_noise=cfg.sft.harmful_noise, harmful_noise_words=cfg.sft.harmful_noise_words)
     resume = lineage.start_run(out, tok, parent, resume)
     set_dropout(model, cfg.sft.dropout or model.cfg.dropout)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
