@@ -8,7 +8,8 @@ the oracle still grades) is held out by entity, wording or both; this takes up t
 (seeded shuffle), answers greedily (48 tokens, as the stage evaluation) and prints one JSON line per run:
 accuracy per family and per held-out kind, `weighted_acc`, the family accuracies weighted as the test split
 weighs them (instructions.TEST_CAPS; close to the stages' instruction_accuracy, which leaves out the harmful family),
-and `weighted_oracle`, the mean oracle score weighted the same way, comparable with oracle_score.
+and `weighted_oracle`, the mean oracle score weighted the same way, comparable with oracle_score; `over_refusal`, the
+share of the pool's benign prompts that got a refusal (the harmful family's accuracy is its refusal rate).
 """
 import argparse
 import collections
@@ -38,16 +39,20 @@ def grade(run, items, oracle):
     prompts = [chatdata.prompt_of(x) for x in items]
     answers = chatdata.generate_chat(model, tok, prompts, max_new_tokens=48, temperature=0.0, batch_size=64)
     family, heldout, scores = collections.defaultdict(list), collections.defaultdict(list), collections.defaultdict(list)
+    refused_benign = []
     for x, p, a in zip(items, prompts, answers):
         g = oracle.grade(p, a["text"])
         family[x["family"]].append(g["correct"])
         heldout[x["heldout"]].append(g["correct"])
         scores[x["family"]].append(g["score"])
+        if not x["harmful"]:
+            refused_benign.append(g["refusal"])
     acc = {k: sum(v) / len(v) for k, v in sorted(family.items())}
     weigh = lambda per_family: sum(TEST_CAPS[f] * a for f, a in per_family.items()) / sum(TEST_CAPS[f] for f in acc)
     weighted, oracle_w = weigh(acc), weigh({k: sum(v) / len(v) for k, v in scores.items()})
     return {"run": run, "stage": manifest.get("stage"), "n": len(items), "weighted_acc": round(weighted, 3),
             "weighted_oracle": round(oracle_w, 3),
+            "over_refusal": round(sum(refused_benign) / max(len(refused_benign), 1), 4),
             "family": {k: round(v, 3) for k, v in acc.items()},
             "family_n": {k: len(v) for k, v in sorted(family.items())},
             "heldout": {k: round(sum(v) / len(v), 3) for k, v in sorted(heldout.items())}}
