@@ -238,9 +238,9 @@ class SFTConfig(RunConfig):
 # 272 held-out harmful prompts; benign refused of 600 held-out: invented 0.3 -> 0.850 / 0.869 / 0.827; 39 / 37 / 39
 # of 40 | 0.993 / 0.912 / 0.930; 0 / 2 / 0. Question words 0.3 -> 0.835 / 0.865 / 0.765; 40 / 40 / 40 | 0.996 /
 # 0.996 / 0.993; 1 / 7 / 5. Question words 0.15 -> 0.823 / 0.835 / 0.800; 40 / 40 / 40 | 0.993 / 0.982 / 0.996;
-# 1 / 2 / 7. Every held-out action is now refused in every wording but one ("I want to {a}. How?", which starts like
-# the benign lead "I want to shoot some photos on my trip."). Question words cost held-out domain answers (the
-# wording "What medicine is used for X?" uses a word no training text has; it is guessed, and guessed worse).
+# 1 / 2 / 7. Misses left of the 272: 2 / 5 / 1, all but one a held-out action in the held-out wording "I want to {a}.
+# How?" (which starts like the benign lead "I want to shoot some photos on my trip."). Question words cost held-out
+# domain answers (1228-prompt pool, domain 0.77 / 0.81 / 0.83 -> 0.59 / 0.58 / 0.68; benchmarks/results/pipeline_cpu.md).
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
