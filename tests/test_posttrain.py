@@ -453,6 +453,8 @@ def test_harmful_noise_replaces_action_words_only_with_noise_words():
     assert len(actions) > 1                                                 # fresh words per draw
     with pytest.raises(MiniLLMError, match="harmful_noise"):
         sft.SFTStage(tok, mix, mix, harmful_noise=0.5)                      # no sources to reword
+    with pytest.raises(MiniLLMError, match="harmful_noise_words"):
+        sft.SFTStage(tok, mix, mix, harmful_noise_words="benign")           # a bad kind, even with the noise off
 
 
 def test_sft_dropout_acts_in_training_only_and_leaves_the_config(tok):

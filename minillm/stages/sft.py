@@ -263,6 +263,9 @@ class SFTStage(lineage.SampledStage):
             if not 0 <= p < 1 or (p and (sources is None or block_size is None)):
                 raise MiniLLMError(f"sft.{name} must be in [0, 1) and needs the examples' sources and block_size, "
                                    f"got {p}")
+        if harmful_noise_words not in NOISE_WORDS:
+            raise MiniLLMError(f"sft.harmful_noise_words must be one of {', '.join(NOISE_WORDS)}, "
+                               f"got {harmful_noise_words!r}")
         self.tok = tok
         self.train, self.val = train_examples, val_examples
         self.sampler = lineage.Sampler(len(train_examples), seed)
