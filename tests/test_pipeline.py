@@ -51,7 +51,7 @@ def test_summary_and_report_hold_every_stage_metrics(journey):
         for key in ("instruction_accuracy", "refusal_rate", "over_refusal_rate"):
             assert 0.0 <= on_disk[stage][key] <= 1.0
     assert 0.0 <= on_disk["reward"]["pairwise_accuracy"] <= 1.0
-    assert on_disk["ppo"]["kl_to_reference"] == on_disk["ppo"]["kl_to_reference"]  # a number, not NaN
+    assert on_disk["ppo"]["kl_to_reference"] >= 0.0  # a number (not NaN) and a KL: never negative
     report = open(os.path.join(out, "report.md")).read()
     for stage in STAGES:
         assert f"| {stage} |" in report

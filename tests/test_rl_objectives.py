@@ -56,6 +56,23 @@ def test_sequence_logprobs_sum_only_where_mask_is_one():
     assert rl.token_logprobs(probs.log(), targets)[0, 0].item() == pytest.approx(math.log(0.5), abs=1e-6)
 
 
+def test_token_kl_is_exact_nonnegative_and_the_mean_of_the_k1_estimator():
+    p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75])
+    got = rl.token_kl(p.log().view(1, 1, 2), q.log().view(1, 1, 2))
+    assert got.item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), abs=1e-6)
+    logits = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(0))
+    assert rl.token_kl(logits, logits).abs().max().item() < 1e-6                 # KL(p || p) = 0
+    other = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(1))
+    kl = rl.token_kl(logits, other)
+    assert (kl > 0).all()
+    # the k1 estimator log p(a) - log q(a), averaged over a ~ p, converges to the same number
+    g = torch.Generator().manual_seed(2)
+    a = torch.multinomial(logits.softmax(-1).view(-1, 7), 20000, replacement=True, generator=g)   # (15, 20000)
+    lp, lq = logits.log_softmax(-1).view(-1, 7), other.log_softmax(-1).view(-1, 7)
+    k1 = (lp.gather(1, a) - lq.gather(1, a)).mean(1)                                  # (15,)
+    assert k1.tolist() == pytest.approx(kl.flatten().tolist(), abs=0.05)
+
+
 def test_entropy_of_uniform_is_log_vocab():
     assert rl.entropy_from_logits(torch.zeros(2, 3, 4)).flatten().tolist() == pytest.approx([math.log(4)] * 6)
 

@@ -100,9 +100,10 @@ def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens:
 
 @torch.no_grad()
 def kl_to_reference(model, ref_model, tok, prompts, max_new_tokens: int = 32, seed: int = 0) -> float:
-    """KL(π || π_ref) per answer, estimated on the policy's own samples: mean over answers of Σ_t log π/π_ref.
+    """KL(π || π_ref) per answer, on the policy's own samples: mean over answers of Σ_t KL(π(·|s_t) || π_ref(·|s_t)).
 
-    The number PPO's penalty controls and DPO's β bounds implicitly; 0 for the SFT model itself."""
+    Each visited state's KL is exact over the vocabulary (rl.token_kl), so the estimate is never negative; the
+    number PPO's penalty controls and DPO's β bounds implicitly; 0 for the SFT model itself."""
     from minillm.stages import rl
     g = torch.Generator().manual_seed(seed)
     gens = chatdata.generate_chat(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=1.0,
@@ -110,9 +111,8 @@ def kl_to_reference(model, ref_model, tok, prompts, max_new_tokens: int = 32, se
     total = 0.0
     for i in range(0, len(gens), 64):
         ids, attn, mask = chatdata.pack_rollout(gens[i:i + 64], tok.pad_id)        # (B, T), (B, T), (B, T-1)
-        lp = rl.token_logprobs(model(ids, attn)[:, :-1], ids[:, 1:])                # (B, T-1)
-        ref_lp = rl.token_logprobs(ref_model(ids, attn)[:, :-1], ids[:, 1:])
-        total += ((lp - ref_lp) * mask).sum().item()
+        kl = rl.token_kl(model(ids, attn)[:, :-1], ref_model(ids, attn)[:, :-1])    # (B, T-1)
+        total += (kl * mask).sum().item()
     return total / max(len(gens), 1)
 
 

@@ -78,6 +78,17 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     return (token_logprobs(logits, targets) * mask.to(torch.float32)).sum(-1)   # (B,)
 
 
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || p_ref) = Σ_v p_v (log p_v − log p_ref,v) at each position, exactly: (B, T, V) x2 -> (B, T).
+
+    Summed over a sampled answer it is an unbiased estimate of the sequence KL(π || π_ref) that, unlike the k1
+    estimator Σ_t log π(a_t)/π_ref(a_t), is never negative and varies less (only the states are sampled, not the
+    tokens; Schulman 2020, "Approximating KL divergence")."""
+    logp = F.log_softmax(logits.float(), dim=-1)                            # (B, T, V)
+    ref_logp = F.log_softmax(ref_logits.float(), dim=-1)                    # (B, T, V)
+    return (logp.exp() * (logp - ref_logp)).sum(-1).clamp_min(0.0)          # (B, T), ≥ 0 up to rounding
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """H(p) = −Σ_v p_v log p_v at each position: (B, T, V) -> (B, T)."""
     logprobs = F.log_softmax(logits.float(), dim=-1)                        # (B, T, V)
