@@ -92,6 +92,7 @@ def test_reward_run_given_as_policy_is_a_one_line_error(journey, tmp_path, capsy
         err = cli_error([stage, "--parent", f"{out}/reward", "--out", str(tmp_path / stage), "--preset", "smoke"],
                         capsys)
         assert "reward model" in err and "not a policy" in err
+        assert ("sft starts from pretrain" in err) if stage == "sft" else (f"{stage} starts from sft" in err)
     err = cli_error(["ppo", "--parent", f"{out}/sft", "--reward", f"{out}/dpo", "--out", str(tmp_path / "p"),
                      "--preset", "smoke"], capsys)
     assert "not a reward model" in err

@@ -37,7 +37,8 @@ def load_parent(parent_dir: str, stage: str):
     kind = manifest.get("stage")
     if kind == "reward" and stage != "reward":
         raise MiniLLMError(f"--parent {parent_dir} is a reward model (a scalar head), not a policy; "
-                           f"{stage} starts from an SFT run (pass the reward run to ppo as --reward)")
+                           f"{stage} starts from {' or '.join(PARENTS[stage])}"
+                           + (" (pass the reward run to ppo as --reward)" if stage == "ppo" else ""))
     if kind not in PARENTS[stage]:
         raise MiniLLMError(f"--parent {parent_dir} is a {kind!r} run but {stage} starts from "
                            f"{' or '.join(PARENTS[stage])}; run the stages in order (see `minillm pipeline`)")
