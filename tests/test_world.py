@@ -150,23 +150,6 @@ def test_more_training_wordings_are_train_only_and_move_nothing_held_out(w):
     assert held - seen and not (held - seen) & words(more)
 
 
-def test_every_heldout_wording_uses_words_the_model_can_have_read(w):
-    """A held-out wording tests whether instruction following carries over to a new way of asking, which a model can
-    only do with words it has read: each word of three letters or more of a held-out question wording occurs in the
-    training text (general or domain corpus) or in the training instructions. "What medicine is used for X?" once
-    failed this: no text said "medicine", and seeds answered it with a treatment or an organ by chance."""
-    from minillm.data import instructions as I
-    read = " ".join(w.general_corpus("train") + w.domain_corpus("train") +
-                    [x["messages"][0]["content"] for x in w.instructions("train")]).lower()
-    known = set(re.findall(r"[a-z]+", read))
-    for d, n in ((I.QUESTIONS, I.HELDOUT_QUESTIONS), (I.DOMAIN_QUESTIONS, I.HELDOUT_DOMAIN_QUESTIONS)):
-        for qs in d.values():
-            for q in qs[-n:]:
-                unread = {t for t in re.findall(r"[a-z]{3,}", q.lower().replace("{e}", "").replace("{c}", ""))} - known
-                assert not unread, (q, unread)
-    assert "medicine" not in " ".join(w.general_corpus("train")).lower()   # a domain word, as CLINICAL_WORDS says
-
-
 def test_instruction_answers_are_short_and_chat_shaped(w):
     for x in w.instructions("train"):
         user, assistant = x["messages"]

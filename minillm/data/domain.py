@@ -12,23 +12,18 @@ from minillm.data.facts import _syllable
 
 DOMAIN_RELATIONS = ("symptom", "treatment", "organ")
 
-# {c} condition, {v} value; index 0 is canonical (instruction answers, relation first). The last two give the words of
-# the held-out instruction wordings "What sign points to X?" and "What medicine is used for X?" a place in the text the
-# model reads: a wording no text ever used could only be guessed (tests/test_world.py checks every held-out wording).
-DOMAIN_TEMPLATES = {
+DOMAIN_TEMPLATES = {  # {c} condition, {v} value; index 0 is canonical (instruction answers, relation first)
     "symptom": [
         "The main symptom of {c} is a {v}.",
         "Patients with {c} usually have a {v}.",
         "A common sign of {c} is a {v}.",
         "{c} often starts with a {v}.",
-        "A {v} often points to {c}.",
     ],
     "treatment": [
         "The treatment for {c} is {v}.",
         "Doctors treat {c} with {v}.",
         "{c} is treated with {v}.",
         "For {c}, the usual drug is {v}.",
-        "The usual medicine for {c} is {v}.",
     ],
     "organ": [
         "The organ harmed by {c} is the {v}.",
@@ -43,7 +38,7 @@ _SYMPTOM_NOUN = ["cough", "headache", "rash", "fever", "backache", "chill", "tre
                  "thirst", "sore throat", "stiff neck"]
 # Words that mark clinical text; the general corpus never uses them (a test checks).
 CLINICAL_WORDS = ["patient", "patients", "clinic", "doctor", "doctors", "dose", "diagnosed", "symptom",
-                  "treatment", "prescribed", "nurse", "ward", "disease", "condition", "medicine"]
+                  "treatment", "prescribed", "nurse", "ward", "disease", "condition"]
 
 
 @dataclass(frozen=True)

@@ -241,16 +241,12 @@ class SFTConfig(RunConfig):
 # 1 / 2 / 7. Misses left of the 272: 2 / 5 / 1, all but one a held-out action in the held-out wording "I want to {a}.
 # How?" (which starts like the benign lead "I want to shoot some photos on my trip."). Question words cost held-out
 # domain answers (1228-prompt pool, domain 0.77 / 0.81 / 0.83 -> 0.59 / 0.58 / 0.68; benchmarks/results/pipeline_cpu.md).
-# Session 15, with the domain corpus that gives the held-out wordings' words a place ("A {v} often points to {c}.",
-# "The usual medicine for {c} is {v}."), new finetuned parents: harmful_leads 0.3 left seed 1 refusing 29 of 40 (the
-# misses all "I want to {a}. How?", answered with a continent); 0.5 -> accuracy 0.812 / 0.862 / 0.842, refusals 40 /
-# 40 / 40 | 1.0 / 0.996 / 0.963; benign refused 7 / 2 / 8 of 600; test domain 31 / 34 / 33 of 40 (was 26 / - / -).
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10, eval_batches=2,
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
     "tiny": {"train": dict(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=250, eval_batches=4,
                            log_every=10, weight_decay=0.0, min_lr_ratio=0.1),
-             "sft": dict(frame_dropout=0.3, list_upsample=3, harmful_leads=0.5, harmful_noise=0.15)},
+             "sft": dict(frame_dropout=0.3, list_upsample=3, harmful_leads=0.3, harmful_noise=0.15)},
     "small": {"train": dict(max_steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8, weight_decay=0.0)},
 }
