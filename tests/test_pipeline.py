@@ -59,7 +59,8 @@ def test_summary_and_report_hold_every_stage_metrics(journey):
         assert os.path.getsize(os.path.join(out, "plots", plot)) > 1000
     ppo_rows = [json.loads(line) for line in open(os.path.join(out, "ppo", "metrics.jsonl"))]
     logged = set().union(*[r.keys() for r in ppo_rows])
-    assert {"reward", "kl", "entropy", "clipfrac", "oracle", "heldout_oracle"} <= logged
+    assert {"reward", "kl", "kl_exact", "entropy", "clipfrac", "oracle", "heldout_oracle"} <= logged
+    assert all(r["kl_exact"] >= 0.0 for r in ppo_rows if "kl_exact" in r)   # the k1 "kl" may dip below 0; this never
 
 
 def test_rerun_skips_finished_stages(journey, capsys):

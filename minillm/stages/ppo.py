@@ -14,6 +14,8 @@ One iteration (Ziegler et al. 2019; Ouyang et al. 2022; the PPO details of Huang
 
 The value head is a linear layer on the policy's final hidden state (a shared trunk, as in TRL); vf_coef
 weighs its loss. Reward hacking shows up as RM score rising while the oracle score falls: the run flags it.
+Each iteration logs two KLs per answer: `kl`, the k1 sum the penalty uses (unbiased, but a batch of it can dip below
+0), and `kl_exact`, the exact per-state KL summed along the same answers (rl.token_kl; never negative).
 
 Defaults, with the references they come from and what we changed for a 1M-parameter model on a CPU:
     clip ε = 0.2, value clip 0.2, γ = 1, λ = 0.95, 4 epochs          (Schulman 2017; Ziegler 2019; InstructGPT)
@@ -151,7 +153,9 @@ def make_rollout(agent: PolicyWithValue, ref, rm, tok, prompts, cfg: PPOSection,
     P = max(len(g["prompt_ids"]) for g in gens)
     logits, values = agent(input_ids, attention_mask)                         # (B, T, V), (B, T)
     logprobs = rl.token_logprobs(logits[:, :-1], input_ids[:, 1:])            # (B, T-1)
-    ref_logprobs = rl.token_logprobs(ref(input_ids, attention_mask)[:, :-1], input_ids[:, 1:])
+    ref_logits = ref(input_ids, attention_mask)[:, :-1]                       # (B, T-1, V)
+    ref_logprobs = rl.token_logprobs(ref_logits, input_ids[:, 1:])             # (B, T-1)
+    kl_exact = (rl.token_kl(logits[:, :-1], ref_logits) * mask).sum(1)        # (B,) Σ_t KL(π(·|s_t) || π_ref(·|s_t))
     scores = rollout_scores(rm, input_ids, attention_mask, mask, P)           # (B,)
     ended = torch.tensor([g["ended"] for g in gens])
     scores = scores - cfg.missing_end_penalty * (~ended).float()
@@ -159,7 +163,7 @@ def make_rollout(agent: PolicyWithValue, ref, rm, tok, prompts, cfg: PPOSection,
     agent.train()
     return {"input_ids": input_ids, "attention_mask": attention_mask, "mask": mask, "old_logprobs": logprobs,
             "ref_logprobs": ref_logprobs, "old_values": values[:, :-1], "scores": scores,
-            "oracle": oracle_scores, "ended": ended, "texts": [g["text"] for g in gens]}
+            "oracle": oracle_scores, "ended": ended, "texts": [g["text"] for g in gens], "kl_exact": kl_exact}
 
 
 def ppo_iteration(agent, ref, rm, tok, prompts, optimizer, kl_ctl, cfg: PPOSection, generator=None, oracle=None):
@@ -177,7 +181,10 @@ def ppo_iteration(agent, ref, rm, tok, prompts, optimizer, kl_ctl, cfg: PPOSecti
                           max_grad_norm=1.0, generator=generator)
     kl_per_answer = adv["kl"].sum(1).mean().item()                             # Σ_t kl_t, mean over answers
     kl_ctl.update(kl_per_answer, n_steps=len(prompts))
-    metrics = {"reward": ro["scores"].mean().item(), "kl": kl_per_answer, "kl_coef": kl_ctl.value,
+    # "kl" is the k1 sum the penalty (and the adaptive controller) uses: unbiased, but one batch of it can be < 0;
+    # "kl_exact" sums the exact per-state KL along the same answers (rl.token_kl): never negative, less noisy
+    metrics = {"reward": ro["scores"].mean().item(), "kl": kl_per_answer, "kl_exact": ro["kl_exact"].mean().item(),
+               "kl_coef": kl_ctl.value,
                "answer_length": ro["mask"].sum(1).mean().item(), "ended": ro["ended"].float().mean().item(),
                "non_score_reward": (-kl_ctl.value * adv["kl"]).sum(1).mean().item(), **stats}
     if ro["oracle"]:
@@ -247,7 +254,7 @@ def plot_ppo(run_dir, rows):
     from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
     fig = Figure(figsize=(12, 3.2))
     axes = fig.subplots(1, 3)
-    for ax, keys, title in zip(axes, [("reward",), ("kl",), ("oracle", "heldout_oracle")],
+    for ax, keys, title in zip(axes, [("reward",), ("kl", "kl_exact"), ("oracle", "heldout_oracle")],
                                ["reward-model score", "KL(π || π_ref) per answer", "oracle score"]):
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if k in r]
