@@ -175,12 +175,38 @@ def package_versions():
     return out
 
 
+def cpu_model():
+    """The CPU's model name ("AMD EPYC 9B14"), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_info(device=None):
+    """Where a run ran. cpu_capability (torch's vector ISA: AVX2, AVX512, ...) and threads decide the order of
+    floating-point sums in the CPU kernels, so the same command and seed can end in different metrics on a machine
+    that differs in them: `minillm reproduce` names such differences (MACHINE_KEYS)."""
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "device": str(device) if device is not None else "cpu"}
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "device": str(device) if device is not None else "cpu"}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+MACHINE_KEYS = ("cpu", "cpu_capability", "threads", "gpu", "device")
+
+
+def machine_differences(recorded: dict, current: dict) -> list[str]:
+    """'key: recorded -> current' for each MACHINE_KEYS entry that differs (keys an older manifest lacks are skipped)."""
+    return [f"{k}: {recorded.get(k)} -> {current.get(k)}" for k in MACHINE_KEYS
+            if k in recorded and recorded.get(k) != current.get(k)]
 
 
 def _invocation():

@@ -346,6 +346,10 @@ def reproduce(run_dir: str, out_dir: str, tolerance: float = 1e-6) -> dict:
 
     Returns {"match", "command", "metrics": [{"metric", "original", "reproduced", "match"}], "hashes": {...}}.
     Timing metrics (wall time, tokens/s) are shown but never compared: they depend on the machine's load.
+    "machine_differences" lists what differs between the two runs' machines (checkpoint.MACHINE_KEYS): on another
+    CPU vector ISA (AVX2 vs AVX-512) or thread count the kernels sum in another order, the rounding differs in the
+    last bits, and over thousands of steps the metrics drift apart (session 16: the same tiny pipeline, seed 0,
+    gave SFT instruction_accuracy 0.823 on AVX2 and 0.808 on AVX-512); bitwise reproduction needs the same machine.
     """
     from minillm.evals.compare import flatten
     manifest = read_manifest(run_dir)
@@ -387,6 +391,7 @@ def reproduce(run_dir: str, out_dir: str, tolerance: float = 1e-6) -> dict:
         hashes[key] = manifest.get(key) == new.get(key)
     w0, w1 = (os.path.join(d, "model.safetensors") for d in (run_dir, new_run))
     same_weights = os.path.isfile(w0) and os.path.isfile(w1) and sha256_file(w0) == sha256_file(w1)
+    from minillm.checkpoint import machine_differences
     return {"match": bool(ok and all(hashes.values())), "command": argv, "run": new_run, "metrics": rows,
-            "hashes": hashes,
-            "bitwise_identical_weights": same_weights}
+            "hashes": hashes, "bitwise_identical_weights": same_weights,
+            "machine_differences": machine_differences(manifest.get("device") or {}, new.get("device") or {})}

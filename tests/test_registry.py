@@ -157,3 +157,15 @@ def test_reproduce_without_a_recorded_command_is_a_clear_error(tmp_path):
     run = make_run(tmp_path, "old")
     with pytest.raises(MiniLLMError, match="records no command"):
         reproduce(run, str(tmp_path / "again"))
+
+
+def test_machine_differences_name_what_changes_floating_point_results():
+    from minillm.checkpoint import device_info, machine_differences
+    here = device_info()
+    assert here["cpu_capability"] and here["threads"] >= 1 and here["cpu"]
+    assert machine_differences(here, device_info()) == []
+    avx2 = dict(here, cpu_capability="AVX2", threads=here["threads"] + 1)
+    assert machine_differences(avx2, here) == [f"cpu_capability: AVX2 -> {here['cpu_capability']}",
+                                              f"threads: {here['threads'] + 1} -> {here['threads']}"]
+    old = {"platform": "Linux", "processor": "x86_64", "cpu_count": 2, "device": "cpu"}   # a manifest from before
+    assert machine_differences(old, here) == []

@@ -42,10 +42,23 @@ def test_the_default_world_is_cleaned_so_training_passes_the_leakage_check(tmp_p
 
 
 def test_reproduce_matches_and_release_is_refused_for_an_overridden_leak(tmp_path, capsys, raw_run):
+    import shutil
+    from minillm.checkpoint import read_manifest, write_manifest
     out = str(tmp_path / "again")
+    # the same machine: metrics match and no machine difference is reported; a copy whose manifest says it ran on
+    # another vector ISA gets the same match, plus the line that explains why metrics could have differed
+    elsewhere = str(tmp_path / "elsewhere")
+    shutil.copytree(raw_run, elsewhere)
+    device = read_manifest(elsewhere)["device"]
+    write_manifest(elsewhere, device=dict(device, cpu_capability="OTHER-ISA"))
     assert main(["reproduce", raw_run, "--out", out]) == 0
     text = capsys.readouterr().out
     assert "reproduced: every metric matches" in text and "val_loss" in text
+    assert "machine differs" not in text
+    assert main(["reproduce", elsewhere, "--out", str(tmp_path / "again2")]) == 0
+    text = capsys.readouterr().out
+    assert "reproduced: every metric matches" in text
+    assert f"machine differs from the original run's (cpu_capability: OTHER-ISA -> {device['cpu_capability']})" in text
     with open(os.path.join(raw_run, "safety.json"), "w") as f:
         json.dump({"refusal_rate": 1.0, "over_refusal_rate": 0.0, "pii_regurgitation_rate": 0.0}, f)
     assert main(["release", raw_run, "--out", str(tmp_path / "rel")]) == 2

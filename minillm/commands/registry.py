@@ -204,6 +204,10 @@ def cmd_reproduce(args):
           f"{rep['bitwise_identical_weights']}")
     print(("reproduced: every metric matches" if rep["match"] else "NOT reproduced: metrics differ")
           + f" (tolerance {args.tolerance:g}; timing metrics ignored) -> {rep['run']}")
+    if rep["machine_differences"]:
+        print("the machine differs from the original run's (" + "; ".join(rep["machine_differences"]) + "): "
+              "floating-point sums run in another order there, so metrics can differ without any change in code "
+              "or data; reproduce on the same kind of machine for an exact match")
     return 0 if rep["match"] else 1
 
 
