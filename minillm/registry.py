@@ -349,7 +349,9 @@ def reproduce(run_dir: str, out_dir: str, tolerance: float = 1e-6) -> dict:
     "machine_differences" lists what differs between the two runs' machines (checkpoint.MACHINE_KEYS): on another
     CPU vector ISA (AVX2 vs AVX-512) or thread count the kernels sum in another order, the rounding differs in the
     last bits, and over thousands of steps the metrics drift apart (session 16: the same tiny pipeline, seed 0,
-    gave SFT instruction_accuracy 0.823 on AVX2 and 0.808 on AVX-512); bitwise reproduction needs the same machine.
+    gave SFT instruction_accuracy 0.823 on AVX2 and 0.808 on AVX-512); exact reproduction needs the same ISA.
+    torch's ISA can be lowered with ATEN_CPU_CAPABILITY=avx2: on the AVX-512 machine that gave 0.823 again, and every
+    other metric of the AVX2 run.
     """
     from minillm.evals.compare import flatten
     manifest = read_manifest(run_dir)

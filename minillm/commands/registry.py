@@ -207,8 +207,20 @@ def cmd_reproduce(args):
     if rep["machine_differences"]:
         print("the machine differs from the original run's (" + "; ".join(rep["machine_differences"]) + "): "
               "floating-point sums run in another order there, so metrics can differ without any change in code "
-              "or data; reproduce on the same kind of machine for an exact match")
+              "or data; reproduce on the same kind of machine for an exact match"
+              + _isa_hint(rep["machine_differences"]))
     return 0 if rep["match"] else 1
+
+
+def _isa_hint(differences):
+    """A higher vector ISA can run a lower one's kernels: torch reads ATEN_CPU_CAPABILITY (avx2, avx512, default)."""
+    for d in differences:
+        if d.startswith("cpu_capability: "):
+            was = d.split(": ", 1)[1].split(" -> ")[0]
+            if was.lower() in ("avx2", "default"):
+                return (f" (or, here, set ATEN_CPU_CAPABILITY={was.lower()} to run torch's {was} kernels: on an AVX-512 "
+                        f"machine that reproduced an AVX2 pipeline's metrics exactly)")
+    return ""
 
 
 def cmd_release(args):
