@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+from minillm.evals.chat import oracle_gain
+
 
 def main(out_dir):
     with open(os.path.join(out_dir, "summary.json")) as f:
@@ -37,6 +39,12 @@ def main(out_dir):
          dpo.get("oracle_score", 0) > sft.get("oracle_score", 1)),
         ("dpo: KL to the SFT reference (nats/answer)", "(reported)", dpo.get("kl_to_reference", nan), None),
     ]
+    for name in ("ppo", "dpo"):   # is the gain over SFT more than noise? paired bootstrap over the same prompts
+        gain = oracle_gain(os.path.join(out_dir, "sft"), os.path.join(out_dir, name))
+        if gain:
+            at = 1 + next(i for i, r in enumerate(rows) if r[0] == f"{name}: held-out oracle score")
+            rows.insert(at, (f"{name} - sft oracle, 95% CI (paired bootstrap)", "(reported)",
+                             f"{gain[0]:+.4f} [{gain[1][0]:+.4f}, {gain[1][1]:+.4f}]", None))
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"| target | wanted | measured | met |\n|---|---|---|---|")
     for name, want, got, ok in rows:

@@ -153,6 +153,7 @@ def evaluate_all(out_dir, results, preset="tiny"):
     from minillm.data.oracle import Oracle
     from minillm.data.world import World
     from minillm.evals.chat import chat_metrics, lm_metrics
+    from minillm.evals.safety import save_results
     world = World(seed=0)
     oracle = Oracle(world)
     summary = {}
@@ -165,7 +166,8 @@ def evaluate_all(out_dir, results, preset="tiny"):
             if "oracle_score" not in r:
                 r.update(chat_metrics(model, tok, world, oracle, limit=EVAL_LIMIT.get(preset)))
                 # keep them in the stage's eval.json, so a re-run of the pipeline does not measure them again
-                atomic_write_json(os.path.join(out_dir, name, "eval.json"), r)
+                save_results(os.path.join(out_dir, name), "eval.json", r)
+                r.pop("items")
         summary[name] = {k: v for k, v in r.items() if not isinstance(v, list)}
     return summary
 
@@ -225,6 +227,7 @@ def plot_summary(out_dir, summary):
 
 
 def write_report(out_dir, summary, times, preset):
+    from minillm.evals.chat import oracle_gain
     lines = [f"# minillm pipeline report ({preset} preset)", "",
              "Every number below is measured on held-out data the stage never trained on; chat models are judged "
              "by the world's oracle (greedy answers to unseen entities and wordings).", "",
@@ -241,7 +244,9 @@ def write_report(out_dir, summary, times, preset):
         for name, m in (("ppo", ppo), ("dpo", dpo)):
             if "oracle_score" in m:
                 d = m["oracle_score"] - sft["oracle_score"]
-                lines.append(f"- {name}: oracle {sft['oracle_score']:.3f} -> {m['oracle_score']:.3f} ({d:+.3f}), "
+                gain = oracle_gain(os.path.join(out_dir, "sft"), os.path.join(out_dir, name))
+                ci = f", 95% CI {gain[1][0]:+.3f} .. {gain[1][1]:+.3f} (paired bootstrap over the prompts)" if gain else ""
+                lines.append(f"- {name}: oracle {sft['oracle_score']:.3f} -> {m['oracle_score']:.3f} ({d:+.3f}{ci}), "
                              f"KL to the SFT reference {_fmt(m.get('kl_to_reference', float('nan')))} nats per answer")
         if ppo.get("reward_hacking"):
             lines.append("- **reward hacking flagged**: the reward-model score rose while the oracle score fell "

@@ -215,3 +215,22 @@ def test_caught_mistakes_scores_the_reference_against_each_wrong_greedy_answer(m
     kinds = [x["heldout"] for x in items[1:]]
     assert sum(int(v.split("/")[1]) for v in m["caught_by_heldout"].values()) == 2
     assert set(m["caught_by_heldout"]) == set(kinds)
+
+
+def test_oracle_gain_is_the_paired_difference_with_a_bootstrap_interval(tmp_path):
+    from minillm.evals.chat import oracle_gain
+    rng = random.Random(1)
+    base = [round(rng.random(), 1) for _ in range(300)]
+    tiny = list(base)
+    tiny[0], tiny[1] = base[0] + 0.6, base[1] + 0.3          # two answers fixed: +0.003, noise-sized
+    big = [min(1.0, x + 0.3) for x in base]                   # every answer better
+    a = _run(tmp_path, "sft", {}, {"eval.oracle_score": base})
+    b = _run(tmp_path, "ppo", {}, {"eval.oracle_score": tiny})
+    c = _run(tmp_path, "dpo", {}, {"eval.oracle_score": big})
+    gain, (lo, hi) = oracle_gain(a, b)
+    assert gain == pytest.approx(0.9 / 300) and lo <= gain <= hi and lo >= 0.0      # only these two items move
+    gain, (lo, hi) = oracle_gain(a, c)
+    assert gain == pytest.approx(sum(big) / 300 - sum(base) / 300) and lo > 0.2
+    d = _run(tmp_path, "other", {}, {"eval.oracle_score": base[:100]})
+    assert oracle_gain(a, d) is None                          # different prompts: no paired comparison
+    assert oracle_gain(a, _run(tmp_path, "bare", {})) is None

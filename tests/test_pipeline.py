@@ -52,7 +52,14 @@ def test_summary_and_report_hold_every_stage_metrics(journey):
             assert 0.0 <= on_disk[stage][key] <= 1.0
     assert 0.0 <= on_disk["reward"]["pairwise_accuracy"] <= 1.0
     assert on_disk["ppo"]["kl_to_reference"] >= 0.0  # a number (not NaN) and a KL: never negative
+    # per-prompt oracle scores land in eval_items.json (eval.json stays small); their mean is the stage's score
+    for stage in ("pretrain", "finetune", "sft", "ppo", "dpo"):
+        items = json.load(open(os.path.join(out, stage, "eval_items.json")))["eval.oracle_score"]
+        assert sum(items) / len(items) == pytest.approx(on_disk[stage]["oracle_score"])
+        assert "items" not in json.load(open(os.path.join(out, stage, "eval.json")))
+        assert "items" not in on_disk[stage]
     report = open(os.path.join(out, "report.md")).read()
+    assert report.count("95% CI") == 2       # ppo and dpo against sft, on the same prompts
     for stage in STAGES:
         assert f"| {stage} |" in report
     for plot in ("losses.png", "oracle_by_stage.png", "ppo.png"):

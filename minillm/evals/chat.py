@@ -6,6 +6,7 @@ Language models (every stage that keeps an LM head):
 Chat models (sft, ppo, dpo), on the held-out instructions (unseen entities and wordings), answered greedily:
     oracle_score          mean oracle score in [0, 1] (correctness, format, politeness, safety)
     instruction_accuracy  share of benign instructions the oracle marks correct (right answer, no refusal)
+                          (both also per prompt, in the run's eval_items.json: see `oracle_gain`)
     refusal_rate          share of harmful requests refused (higher is safer)
     over_refusal_rate     share of benign requests refused (lower is more helpful; "kill some time" is benign)
 Reward models:
@@ -95,7 +96,25 @@ def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens:
         "oracle_by_family": {k: mean(v) for k, v in sorted(by_family.items())},
         "n_prompts": len(items),
         "samples": [{"prompt": p[-1]["content"], "answer": g["text"]} for p, g in list(zip(prompts, gens))[:6]],
+        # per-prompt scores, same prompts in the same order for every stage: saved to eval_items.json (not eval.json)
+        # so that two stages can be compared with a paired bootstrap (compare.bootstrap_diff_ci)
+        "items": {"eval.oracle_score": scores, "eval.instruction_accuracy": [float(c) for c in correct]},
     }
+
+
+def oracle_gain(base_dir, run_dir, metric="eval.oracle_score"):
+    """(mean(run) - mean(base), 95% CI) of a chat metric over the same held-out prompts, from the two runs'
+    eval_items.json by paired bootstrap; None where either run lacks the per-prompt scores or they differ in number.
+    At 300 prompts a gain of a few thousandths is noise: the interval says whether one stage beat another."""
+    import os
+
+    from minillm.evals.compare import bootstrap_diff_ci
+    from minillm.evals.report import read_json_or_none
+    a, b = (read_json_or_none(os.path.join(d, "eval_items.json")) or {} for d in (base_dir, run_dir))
+    a, b = a.get(metric), b.get(metric)
+    if not a or not b or len(a) != len(b):
+        return None
+    return sum(b) / len(b) - sum(a) / len(a), bootstrap_diff_ci(a, b)
 
 
 @torch.no_grad()

@@ -1,11 +1,11 @@
 """Evaluate a run directory: `evaluate_run(run_dir) -> dict`, dispatching on the manifest's stage.
 
 Each stage registers one function `(run_dir, model, tok, manifest, config) -> dict` in EVALUATORS; post-training
-stages add theirs here. The result is also written to <run>/eval.json.
+stages add theirs here. The result is also written to <run>/eval.json (per-prompt scores to eval_items.json).
 """
 import os
 
-from minillm.checkpoint import atomic_write_json, load_model, read_json
+from minillm.checkpoint import load_model, read_json
 from minillm.errors import MiniLLMError
 
 
@@ -39,5 +39,6 @@ def evaluate_run(run_dir, device="cpu"):
     if stage not in EVALUATORS:
         raise MiniLLMError(f"no evaluation for stage {stage!r} (known: {', '.join(EVALUATORS)})")
     result = EVALUATORS[stage](run_dir, model, tok, manifest, config)
-    atomic_write_json(os.path.join(run_dir, "eval.json"), result)
-    return result
+    from minillm.evals.safety import save_results
+    save_results(run_dir, "eval.json", result)            # per-prompt scores ("items") go to eval_items.json
+    return {k: v for k, v in result.items() if k != "items"}

@@ -87,8 +87,11 @@ def manifest_fields(stage, parent_dir, out_dir, data_sha256, **extra):
 
 
 def finish_run(out_dir, metrics: dict, evaluation: dict):
-    """Write eval.json and fold the evaluation into the manifest's metrics."""
-    atomic_write_json(os.path.join(out_dir, "eval.json"), evaluation)
+    """Write eval.json (per-prompt scores, evaluation["items"], go to eval_items.json) and fold the evaluation into
+    the manifest's metrics. Returns the evaluation without the per-prompt scores."""
+    from minillm.evals.safety import save_results
+    save_results(out_dir, "eval.json", evaluation)
+    evaluation = {k: v for k, v in evaluation.items() if k != "items"}
     write_manifest(out_dir, metrics={**metrics, **{k: v for k, v in evaluation.items() if not isinstance(v, (list,))}})
     return evaluation
 
