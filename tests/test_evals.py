@@ -131,6 +131,12 @@ def test_compare_flags_a_real_regression_but_not_noise(tmp_path):
     assert rows["tok_per_s"]["regression"]                # 10% slower, no per-item noise model
     table = compare.render_table(list(rows.values()))
     assert "⚠ regression" in table and "fact_accuracy" in table
+    # a stage folds its evaluation into the manifest's metrics ("fact_accuracy") while the per-item scores are
+    # eval.json's ("eval.fact_accuracy"): the manifest copy is judged with them too, not by the tolerance alone
+    d = _run(tmp_path, "d", {"fact_accuracy": mean(a_items)}, {"eval.fact_accuracy": a_items})
+    e = _run(tmp_path, "e", {"fact_accuracy": mean(noisy)}, {"eval.fact_accuracy": noisy})
+    rows = {r["metric"]: r for r in compare.compare_runs(d, e)}
+    assert rows["fact_accuracy"]["ci"] and not rows["fact_accuracy"]["regression"]
 
 
 def test_bootstrap_ci_of_a_paired_difference_covers_the_truth():

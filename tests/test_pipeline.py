@@ -58,6 +58,10 @@ def test_summary_and_report_hold_every_stage_metrics(journey):
         assert sum(items) / len(items) == pytest.approx(on_disk[stage]["oracle_score"])
         assert "items" not in json.load(open(os.path.join(out, stage, "eval.json")))
         assert "items" not in on_disk[stage]
+    fam = json.load(open(os.path.join(out, "sft", "eval_items.json")))
+    for family, score in on_disk["sft"]["oracle_by_family"].items():   # per family too, for `minillm eval compare`
+        assert sum(fam[f"eval.oracle_by_family.{family}"]) / len(fam[f"eval.oracle_by_family.{family}"]) == \
+            pytest.approx(score)
     report = open(os.path.join(out, "report.md")).read()
     assert report.count("95% CI") == 2       # ppo and dpo against sft, on the same prompts
     for stage in STAGES:

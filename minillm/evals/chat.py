@@ -98,7 +98,8 @@ def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens:
         "samples": [{"prompt": p[-1]["content"], "answer": g["text"]} for p, g in list(zip(prompts, gens))[:6]],
         # per-prompt scores, same prompts in the same order for every stage: saved to eval_items.json (not eval.json)
         # so that two stages can be compared with a paired bootstrap (compare.bootstrap_diff_ci)
-        "items": {"eval.oracle_score": scores, "eval.instruction_accuracy": [float(c) for c in correct]},
+        "items": {"eval.oracle_score": scores, "eval.instruction_accuracy": [float(c) for c in correct],
+                  **{f"eval.oracle_by_family.{k}": v for k, v in sorted(by_family.items())}},
     }
 
 

@@ -107,8 +107,10 @@ def compare_metrics(a: dict, b: dict, items_a: dict | None = None, items_b: dict
         row["delta"], row["rel"] = delta, (delta / abs(va) if va else None)
         worse = -delta if row["better"] == "higher" else delta   # > 0 when B is worse
         regress = worse > max(tolerance * abs(va), abs_floor)
-        if regress and name in items_a and name in items_b:
-            lo, hi = bootstrap_diff_ci(items_a[name], items_b[name])
+        # a manifest metric is the stage's own evaluation folded in: its per-item scores are eval.json's
+        per_a, per_b = (d.get(name) or d.get("eval." + name) for d in (items_a, items_b))
+        if regress and per_a and per_b:
+            lo, hi = bootstrap_diff_ci(per_a, per_b)
             row["ci"] = [lo, hi]
             regress = hi < 0 if row["better"] == "higher" else lo > 0
         row["regression"] = bool(regress)
