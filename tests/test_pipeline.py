@@ -124,6 +124,27 @@ def test_bad_user_data_is_a_one_line_error(journey, tmp_path, capsys):
     assert "line 2" in err
 
 
+def test_user_prompts_train_a_ppo_run_judged_on_held_out_user_prompts(journey, tmp_path, capsys):
+    from minillm.stages.ppo import split_user_prompts
+    out, _ = journey
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"What is {i} plus one?"}) for i in range(30)) + "\n")
+    assert main(["ppo", "--parent", f"{out}/sft", "--reward", f"{out}/reward", "--out", str(tmp_path / "p"),
+                 "--preset", "smoke", "--data", str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # the world's oracle knows nothing of these prompts: no oracle numbers, the reward model's on 3 held-out ones
+    assert "oracle_score" not in result and "reward_hacking" not in result
+    assert result["n_eval_prompts"] == 3 and result["eval_prompts_held_out"] and result["kl_to_reference"] >= 0
+    rows = [json.loads(line) for line in open(tmp_path / "p" / "metrics.jsonl")]
+    start, end = rows[0]["heldout_reward"], rows[-1]["heldout_reward"]
+    assert result["heldout_reward_change"] == pytest.approx(end - start)
+    assert not any("oracle" in r for r in rows[1:-1])
+    prompts = [[{"role": "user", "content": str(i)}] for i in range(30)]
+    train, held, was_held = split_user_prompts(prompts, 64, seed=0)
+    assert was_held and len(held) == 3 and len(train) == 27 and not any(p in train for p in held)
+    assert split_user_prompts(prompts[:5], 64, seed=0) == (prompts[:5], prompts[:5], False)   # too few to hold out
+
+
 def test_user_instructions_train_an_sft_run(journey, tmp_path, capsys):
     out, _ = journey
     data = tmp_path / "mine.jsonl"

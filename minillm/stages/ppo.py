@@ -14,6 +14,9 @@ One iteration (Ziegler et al. 2019; Ouyang et al. 2022; the PPO details of Huang
 
 The value head is a linear layer on the policy's final hidden state (a shared trunk, as in TRL); vf_coef
 weighs its loss. Reward hacking shows up as RM score rising while the oracle score falls: the run flags it.
+With your own prompts (--data) there is no oracle to ask: a seeded tenth of them is held out, and the run reports
+the reward model's score of the greedy answers to those (`heldout_reward`, and its change) and the KL there; with
+only the proxy to look at, hacking cannot be told from progress, so read the answers (`minillm chat`).
 Each iteration logs two KLs per answer: `kl`, the k1 sum the penalty uses (unbiased, but a batch of it can dip below
 0), and `kl_exact`, the exact per-state KL summed along the same answers (rl.token_kl; never negative).
 
@@ -34,6 +37,7 @@ Defaults, with the references they come from and what we changed for a 1M-parame
 import copy
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -232,6 +236,18 @@ def load_prompts(path, world):
     return out
 
 
+def split_user_prompts(prompts, n_eval: int, seed: int):
+    """(training prompts, held-out prompts, held_out) for your --data: a seeded tenth of them (at most n_eval) is
+    held out to evaluate on; with fewer than 10 prompts all of them train and the evaluation reuses them."""
+    if len(prompts) < 10:
+        return prompts, prompts, False
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    k = max(1, min(n_eval, len(prompts) // 10))
+    held = set(order[:k])
+    return [p for i, p in enumerate(prompts) if i not in held], [prompts[i] for i in order[:k]], True
+
+
 def load_reward_model(reward_run, tok):
     """The reward run's scalar-head model, frozen; it must share the policy's tokenizer."""
     if not reward_run:
@@ -254,7 +270,7 @@ def plot_ppo(run_dir, rows):
     from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
     fig = Figure(figsize=(12, 3.2))
     axes = fig.subplots(1, 3)
-    for ax, keys, title in zip(axes, [("reward",), ("kl", "kl_exact"), ("oracle", "heldout_oracle")],
+    for ax, keys, title in zip(axes, [("reward", "heldout_reward"), ("kl", "kl_exact"), ("oracle", "heldout_oracle")],
                                ["reward-model score", "KL(π || π_ref) per answer", "oracle score"]):
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if k in r]
@@ -263,7 +279,10 @@ def plot_ppo(run_dir, rows):
         ax.set_title(title)
         ax.set_xlabel("PPO iteration")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no oracle for your own prompts", ha="center", va="center", transform=ax.transAxes)
     os.makedirs(os.path.join(run_dir, "plots"), exist_ok=True)
     path = os.path.join(run_dir, "plots", "ppo.png")
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -286,10 +305,15 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     cfg = lineage.stage_config(PPOConfig, "ppo", preset, DEFAULTS, policy, config_file, list(overrides) + extra)
     rm = load_reward_model(cfg.ppo.reward_run, tok)
     world = World(seed=cfg.data.world_seed)
-    oracle = Oracle(world)
+    user = bool(cfg.ppo.data)            # your prompts: the world's oracle knows nothing about them
+    oracle = None if user else Oracle(world)
     prompts = load_prompts(cfg.ppo.data, world)
-    heldout = world.instructions("test")
-    heldout_prompts = [chatdata.prompt_of(ex) for ex in heldout_subset(heldout, cfg.ppo.eval_limit)]
+    if user:
+        prompts, eval_prompts, held_out = split_user_prompts(prompts, cfg.ppo.eval_prompts, cfg.train.seed)
+    else:
+        heldout = world.instructions("test")
+        eval_prompts = [chatdata.prompt_of(ex) for ex in heldout_subset(heldout, cfg.ppo.eval_limit)]
+    tracked = "heldout_reward" if user else "heldout_oracle"
     lineage.start_run(out, tok, parent, resume)
     for f in ("metrics.jsonl", "state.json"):
         if os.path.exists(os.path.join(out, f)):
@@ -312,13 +336,19 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     logger = MetricsLogger(os.path.join(out, "metrics.jsonl"))
     sampler = lineage.Sampler(len(prompts), cfg.train.seed)
 
-    def heldout_oracle():
-        m = chat_metrics(policy, tok, world, oracle, examples=heldout, limit=cfg.ppo.eval_prompts,
-                         max_new_tokens=cfg.ppo.eval_max_new_tokens)
-        return m["oracle_score"]
+    def heldout_score():
+        """The world: the oracle's mean score on held-out instructions. Your data: the reward model's mean score of
+        the greedy answers to your held-out prompts (a proxy: without an oracle, hacking cannot be told apart)."""
+        if user:
+            from minillm.evals.best_of_n import reward_of
+            gens = chatdata.generate_chat(policy, tok, eval_prompts, max_new_tokens=cfg.ppo.eval_max_new_tokens,
+                                          temperature=0.0, batch_size=64)
+            return reward_of(rm, tok, gens).mean().item()
+        return chat_metrics(policy, tok, world, oracle, examples=heldout, limit=cfg.ppo.eval_prompts,
+                            max_new_tokens=cfg.ppo.eval_max_new_tokens)["oracle_score"]
 
     rows, t0 = [], time.time()
-    start_row = {"step": 0, "heldout_oracle": heldout_oracle()}
+    start_row = {"step": 0, tracked: heldout_score()}
     logger.log(**start_row)
     rows.append(start_row)
     from tqdm.auto import tqdm
@@ -330,7 +360,7 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
         metrics, _ = ppo_iteration(agent, ref, rm, tok, batch, optimizer, kl_ctl, cfg.ppo, g, oracle)
         row = {"step": it, **metrics, "elapsed_s": round(time.time() - t0, 2)}
         if cfg.ppo.eval_every and it % cfg.ppo.eval_every == 0 and it != cfg.ppo.iterations:
-            row["heldout_oracle"] = heldout_oracle()
+            row[tracked] = heldout_score()
         logger.log(**row)
         rows.append(row)
         bar.set_postfix(reward=f"{metrics['reward']:.2f}", kl=f"{metrics['kl']:.2f}",
@@ -338,17 +368,19 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     policy.eval()
     save_model(out, policy)
     train_rows = [r for r in rows if "reward" in r]
-    end_row = {"step": cfg.ppo.iterations, "heldout_oracle": heldout_oracle()}   # the same prompts as step 0
-    hacking = detect_reward_hacking(train_rows, heldout=[r["heldout_oracle"] for r in rows + [end_row]
-                                                         if "heldout_oracle" in r])
+    end_row = {"step": cfg.ppo.iterations, tracked: heldout_score()}   # the same prompts as step 0
     final = {k: train_rows[-1][k] for k in ("reward", "kl", "kl_coef", "entropy", "clipfrac", "oracle")
              if train_rows and k in train_rows[-1]}
     final["train_time_s"] = round(time.time() - t0, 2)
-    evaluation = chat_metrics(policy, tok, world, oracle, max_new_tokens=cfg.ppo.eval_max_new_tokens,
-                              limit=cfg.ppo.eval_limit)
-    evaluation["kl_to_reference"] = kl_to_reference(policy, ref, tok, heldout_prompts)
-    evaluation.update(lm_metrics(policy, tok, world))
-    evaluation.update(hacking)
+    if user:
+        evaluation = {"heldout_reward": end_row[tracked], "heldout_reward_change": end_row[tracked] - start_row[tracked],
+                      "n_eval_prompts": len(eval_prompts), "eval_prompts_held_out": held_out}
+    else:
+        evaluation = chat_metrics(policy, tok, world, oracle, max_new_tokens=cfg.ppo.eval_max_new_tokens,
+                                  limit=cfg.ppo.eval_limit)
+        evaluation.update(lm_metrics(policy, tok, world))
+        evaluation.update(detect_reward_hacking(train_rows, heldout=[r[tracked] for r in rows + [end_row] if tracked in r]))
+    evaluation["kl_to_reference"] = kl_to_reference(policy, ref, tok, eval_prompts)
     logger.log(**end_row)
     plot_ppo(out, rows + [end_row])
     write_manifest(out, status="done")
