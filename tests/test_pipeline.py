@@ -185,3 +185,33 @@ def test_minillm_eval_scores_a_reward_model_with_the_pooling_it_was_trained_with
     by_pool = {pool: pairwise_accuracy(model, tok, enc, pool=pool)["pairwise_accuracy"] for pool in ("mean", "last")}
     got = eval_reward_model(f"{out}/reward", model, tok, manifest, config)["pairwise_accuracy"]
     assert got == by_pool["mean"], by_pool
+
+
+def test_finetune_on_your_text_measures_your_held_out_text_and_your_base_data(tmp_path, capsys):
+    """Not the world's medicine: domain = the held-out tail of the finetuning text, general = the base's val shard."""
+    from minillm.checkpoint import load_model, read_json
+    from minillm.data.readers import read_documents, split_documents
+    from minillm.data.shards import open_shard
+    from minillm.evals.chat import ids_perplexity, perplexity
+    base_txt, domain_txt = tmp_path / "base.txt", tmp_path / "domain.txt"
+    import random
+    rng = random.Random(0)
+    words = lambda vocab: "".join(" ".join(rng.choices(vocab, k=10)) + ".\n" for _ in range(1200))
+    base_txt.write_text(words("the cat sat on a mat and looked at bird tree sun".split()))   # no shared 13-grams
+    domain_txt.write_text(words("doctors give drug fever dose pill nurse ward heal".split()))  # another vocabulary
+    base, ft = str(tmp_path / "base"), str(tmp_path / "ft")
+    assert main(["pretrain", "--preset", "smoke", "--data", str(base_txt), "--out", base,
+                 "--set", "train.progress=false"]) == 0
+    assert main(["finetune", "--preset", "smoke", "--parent", base, "--data", str(domain_txt), "--out", ft,
+                 "--set", "train.progress=false", "--set", "finetune.replay=0.25", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model, tok, _ = load_model(base)
+    n = read_json(os.path.join(ft, "config.json"))["finetune"]["eval_tokens"]
+    _, held_out = split_documents(read_documents(str(domain_txt)))
+    assert res["parent_domain_perplexity"] == pytest.approx(perplexity(model, tok, held_out, n))
+    assert res["parent_general_perplexity"] == pytest.approx(
+        ids_perplexity(model, open_shard(os.path.join(base, "data"), "val")[:n + 1]))
+    assert res["domain_perplexity_change"] < -0.3            # it learned the new text, measured where it never trained
+    assert main(["eval", "--run", ft, "--json"]) == 0           # `minillm eval` keeps these, not the world's
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["domain_perplexity"] == pytest.approx(res["domain_perplexity"])

@@ -16,6 +16,7 @@ The oracle is the world's programmatic rater; no model ever trains on it, so it 
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,10 +31,16 @@ def perplexity(model, tok, texts, max_tokens: int = 16384, batch_size: int = 16)
         ids += tok.encode_ordinary(t) + [tok.eot_id]
         if len(ids) > max_tokens:
             break
-    ids = torch.tensor(ids[:max_tokens + 1])
+    return ids_perplexity(model, ids[:max_tokens + 1], batch_size)
+
+
+@torch.no_grad()
+def ids_perplexity(model, ids, batch_size: int = 16) -> float:
+    """exp(mean next-token NLL) of one sequence of token ids (a list or a shard's array), in context-size windows."""
+    ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))                    # (N,)
     T = model.cfg.block_size
     n = (len(ids) - 1) // T
-    if n == 0:
+    if n <= 0:                                                                 # not one context of text
         return float("nan")
     x = ids[:n * T].view(n, T)                                                 # (n, T)
     y = ids[1:n * T + 1].view(n, T)                                            # (n, T)
@@ -155,7 +162,10 @@ def _world(config):
 
 
 def eval_language_model(run_dir, model, tok, manifest, config):
-    """finetune (and any LM): domain and general perplexity on the world's held-out documents."""
+    """finetune (and any LM): domain and general perplexity on the world's held-out documents. A finetune on your
+    own text keeps what the stage measured: your held-out tenth, and its base's held-out pretraining text."""
+    if config.get("finetune", {}).get("data"):
+        return _previous(run_dir)
     return {**_previous(run_dir), **lm_metrics(model, tok, _world(config))}
 
 

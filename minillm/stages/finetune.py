@@ -5,16 +5,21 @@ Same objective as pretraining, L = −(1/T) Σ_t log p(x_{t+1} | x_≤t), on ran
 the story: domain perplexity falls (the model learns the domain) and general perplexity rises (forgetting:
 nothing reminds the weights of the general text). A lower learning rate than pretraining and few steps keep
 forgetting small; `finetune.replay` mixes a share of general text back in, the usual remedy.
+"Domain" is the held-out tenth of the finetuning text (the world's domain val corpus by default); "general" is the
+held-out pretraining text of the base run (`general_data`): the world's general corpus, or the val shard of your own
+pretraining text, so a Shakespeare base finetuned on one play measures forgetting on Shakespeare.
 
 References: Gururangan et al. 2020 ("Don't stop pretraining"); Kirkpatrick et al. 2017 (catastrophic forgetting);
 Ibrahim et al. 2024 (replay and re-warming in continual pretraining).
 """
+import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minillm.checkpoint import sha256_texts
+from minillm.checkpoint import read_json, read_manifest, sha256_texts
 from minillm.config import RunConfig
 from minillm.errors import MiniLLMError
 from minillm.stages import lineage
@@ -98,40 +103,81 @@ class FinetuneStage:
 
 
 def domain_texts(path, world, faq=True, seed=0):
-    """-> (train docs, val docs) from the user's text (10% of documents held out) or the world's domain corpus
-    (with the domain questions of the SFT set as FAQ pages when `faq`, as in pretraining: data/faq.py)."""
+    """-> (train docs, val docs) from the user's text (readers.split_documents: the last tenth held out) or the
+    world's domain corpus (with the domain questions of the SFT set as FAQ pages when `faq`, as in pretraining)."""
     if not path:
         from minillm.data.faq import DOMAIN_FAMILIES, with_faq
         from minillm.data.hygiene import cleaned_world
         train = cleaned_world(world)[0]["domain"]
         return (with_faq(train, world, DOMAIN_FAMILIES, seed) if faq else train), world.domain_corpus("val")
-    from minillm.data.readers import read_documents
-    docs = read_documents(path)
-    if not docs:
-        raise MiniLLMError(f"{path} holds no text to finetune on")
-    n_val = max(1, len(docs) // 10) if len(docs) > 1 else 0
-    return docs[n_val:], docs[:n_val]
+    from minillm.data.readers import read_documents, split_documents
+    return split_documents(read_documents(path))   # the last tenth of the documents, or of one big text
+
+
+def base_run(run_dir):
+    """The pretrain run at the root of run_dir's lineage (run_dir itself for a pretrain run), or None."""
+    seen = set()
+    while run_dir and run_dir not in seen and os.path.isfile(os.path.join(run_dir, "manifest.json")):
+        seen.add(run_dir)
+        manifest = read_manifest(run_dir)
+        if manifest.get("stage") == "pretrain":
+            return run_dir
+        run_dir = manifest.get("parent")
+    return None
+
+
+def general_data(parent, world, split):
+    """The general text: what forgetting is measured on (split "val") and replay draws from ("train"), i.e. the
+    pretraining data of the base run `parent` descends from. -> ("texts", documents) for a base pretrained on the
+    world; ("ids", its token shard) for one pretrained on your text; None if that shard is gone."""
+    from minillm.data.shards import open_shard
+    base = base_run(parent)
+    source = read_json(os.path.join(base, "config.json"), "config")["data"]["source"] if base else "world"
+    if source.startswith("world"):
+        from minillm.data.hygiene import cleaned_world
+        return "texts", cleaned_world(world)[0]["general"] if split == "train" else world.general_corpus("val")
+    try:
+        return "ids", open_shard(os.path.join(base, "data"), split)
+    except MiniLLMError:
+        return None
+
+
+def perplexities(model, tok, domain_val, general, max_tokens):
+    """domain_perplexity on the held-out domain documents, general_perplexity on general_data(..., "val")."""
+    from minillm.evals.chat import ids_perplexity, perplexity
+    out = {"domain_perplexity": perplexity(model, tok, domain_val, max_tokens), "general_perplexity": float("nan")}
+    if general and general[0] == "texts":
+        out["general_perplexity"] = perplexity(model, tok, general[1], max_tokens)
+    elif general:
+        out["general_perplexity"] = ids_perplexity(model, general[1][:max_tokens + 1])
+    return out
 
 
 def run_finetune(parent, out, preset="tiny", data="", config_file=None, overrides=(), resume=False):
     """minillm finetune: continue pretraining the base run `parent` on domain text into `out`."""
     from minillm.data.world import World
-    from minillm.evals.chat import lm_metrics
     from minillm.train import train
     model, tok, _ = lineage.load_parent(parent, "finetune")
     cfg = lineage.stage_config(FinetuneConfig, "finetune", preset, DEFAULTS, model, config_file,
                                list(overrides) + ([f"finetune.data={data}"] if data else []))
     world = World(seed=cfg.data.world_seed)
     train_docs, val_docs = domain_texts(cfg.finetune.data, world, cfg.data.faq, cfg.train.seed)
-    from minillm.data.hygiene import cleaned_world
-    replay = tokenize_documents(tok, cleaned_world(world)[0]["general"]) if cfg.finetune.replay > 0 else None
+    general_val = general_data(parent, world, "val")
+    replay = None
+    if cfg.finetune.replay > 0:
+        general_train = general_data(parent, world, "train")
+        if general_train is None:
+            raise MiniLLMError(f"finetune.replay needs the base run's training data, and {base_run(parent)}/data is gone")
+        kind, general_train = general_train
+        replay = (tokenize_documents(tok, general_train) if kind == "texts"
+                  else torch.from_numpy(np.asarray(general_train, dtype=np.int64)))
     stage = FinetuneStage(tokenize_documents(tok, train_docs), tokenize_documents(tok, val_docs),
                           model.cfg.block_size, seed=cfg.train.seed, replay_ids=replay, replay=cfg.finetune.replay)
-    before = lm_metrics(model, tok, world, cfg.finetune.eval_tokens)
+    before = perplexities(model, tok, val_docs, general_val, cfg.finetune.eval_tokens)
     resume = lineage.start_run(out, tok, parent, resume)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
                     manifest=lineage.manifest_fields("finetune", parent, out, sha256_texts(train_docs)))
-    after = lm_metrics(model, tok, world, cfg.finetune.eval_tokens)
+    after = perplexities(model, tok, val_docs, general_val, cfg.finetune.eval_tokens)
     evaluation = {**after, "parent_domain_perplexity": before["domain_perplexity"],
                   "parent_general_perplexity": before["general_perplexity"],
                   "domain_perplexity_change": after["domain_perplexity"] / before["domain_perplexity"] - 1.0,
