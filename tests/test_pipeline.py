@@ -139,6 +139,9 @@ def test_user_prompts_train_a_ppo_run_judged_on_held_out_user_prompts(journey, t
     start, end = rows[0]["heldout_reward"], rows[-1]["heldout_reward"]
     assert result["heldout_reward_change"] == pytest.approx(end - start)
     assert not any("oracle" in r for r in rows[1:-1])
+    assert main(["eval", "--run", str(tmp_path / "p"), "--json"]) == 0     # nor does `minillm eval` ask the oracle
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "oracle_score" not in again and again["heldout_reward"] == pytest.approx(result["heldout_reward"])
     prompts = [[{"role": "user", "content": str(i)}] for i in range(30)]
     train, held, was_held = split_user_prompts(prompts, 64, seed=0)
     assert was_held and len(held) == 3 and len(train) == 27 and not any(p in train for p in held)
@@ -154,6 +157,8 @@ def test_user_instructions_train_an_sft_run(journey, tmp_path, capsys):
                  "--data", str(data), "--set", "train.max_steps=3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["val_answer_loss"] > 0
+    assert main(["eval", "--run", str(tmp_path / "mine"), "--json"]) == 0    # your data: no world oracle numbers
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     m = manifest(str(tmp_path), "mine")
     assert m["stage"] == "sft" and os.path.samefile(m["parent"], f"{out}/finetune")
     assert main(["chat", "--run", str(tmp_path / "mine"), "--message", "What is 3 plus one?",

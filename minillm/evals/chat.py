@@ -161,17 +161,25 @@ def _world(config):
     return World(seed=config.get("data", {}).get("world_seed", 0))
 
 
+def _own_data(config, manifest):
+    """True for a post-training run on your --data: the world's held-out sets say nothing about it."""
+    return bool(config.get(manifest.get("stage") or "", {}).get("data"))
+
+
 def eval_language_model(run_dir, model, tok, manifest, config):
     """finetune (and any LM): domain and general perplexity on the world's held-out documents. A finetune on your
     own text keeps what the stage measured: your held-out tenth, and its base's held-out pretraining text."""
-    if config.get("finetune", {}).get("data"):
+    if _own_data(config, manifest):
         return _previous(run_dir)
     return {**_previous(run_dir), **lm_metrics(model, tok, _world(config))}
 
 
 def eval_chat_model(run_dir, model, tok, manifest, config):
-    """sft / ppo / dpo: the oracle's verdict on the held-out instructions, plus the perplexities."""
+    """sft / ppo / dpo: the oracle's verdict on the held-out instructions, plus the perplexities (on your --data:
+    what the stage measured on your held-out examples, since the oracle knows only the world)."""
     from minillm.data.oracle import Oracle
+    if _own_data(config, manifest):
+        return _previous(run_dir)
     world = _world(config)
     out = _previous(run_dir)
     out.update(chat_metrics(model, tok, world, Oracle(world)))
@@ -180,7 +188,10 @@ def eval_chat_model(run_dir, model, tok, manifest, config):
 
 
 def eval_reward_model(run_dir, model, tok, manifest, config):
-    """reward: pairwise accuracy on the world's held-out preference pairs (overall and per kind of mistake)."""
+    """reward: pairwise accuracy on the world's held-out preference pairs (overall and per kind of mistake); on your
+    --data, what the stage measured on your held-out pairs."""
+    if _own_data(config, manifest):
+        return _previous(run_dir)
     from minillm.stages.reward import encode_pairs, pairwise_accuracy
     pairs = _world(config).preference_pairs("test")
     pool = config.get("reward", {}).get("pool", "last")  # score the way the model was trained to
