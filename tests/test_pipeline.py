@@ -157,6 +157,7 @@ def test_user_instructions_train_an_sft_run(journey, tmp_path, capsys):
                  "--data", str(data), "--set", "train.max_steps=3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["val_answer_loss"] > 0
+    assert result["n_heldout"] == 2 and 0.0 <= result["heldout_exact_match"] <= 1.0   # the held-out tenth of 20
     assert main(["eval", "--run", str(tmp_path / "mine"), "--json"]) == 0    # your data: no world oracle numbers
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     m = manifest(str(tmp_path), "mine")

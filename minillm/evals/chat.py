@@ -110,6 +110,21 @@ def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens:
     }
 
 
+def exact_match(model, tok, examples, max_new_tokens: int = 48, limit: int = 64) -> dict:
+    """Your own instructions have no oracle: the share of held-out examples whose greedy answer equals the reference
+    (case and spacing ignored), with a few samples. Strict, but it is the number a user can check by eye."""
+    examples = list(examples)[:limit]
+    if not examples:
+        return {}
+    prompts = [chatdata.prompt_of(ex) for ex in examples]
+    gens = chatdata.generate_chat(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=64)
+    norm = lambda t: " ".join(t.lower().split())
+    hits = [norm(g["text"]) == norm(ex["messages"][-1]["content"]) for ex, g in zip(examples, gens)]
+    return {"heldout_exact_match": sum(hits) / len(hits), "n_heldout": len(hits),
+            "samples": [{"prompt": p[-1]["content"], "answer": g["text"]} for p, g in list(zip(prompts, gens))[:6]],
+            "items": {"eval.heldout_exact_match": [float(h) for h in hits]}}
+
+
 def oracle_gain(base_dir, run_dir, metric="eval.oracle_score"):
     """(mean(run) - mean(base), 95% CI) of a chat metric over the same held-out prompts, from the two runs'
     eval_items.json by paired bootstrap; None where either run lacks the per-prompt scores or they differ in number.

@@ -367,7 +367,7 @@ def instruction_data(tok, cfg, world):
 def run_sft(parent, out, preset="tiny", data="", config_file=None, overrides=(), resume=False):
     """minillm sft: instruction-tune the parent (base or finetuned) run into `out`; -> evaluation dict."""
     from minillm.data.world import World
-    from minillm.evals.chat import chat_metrics, lm_metrics
+    from minillm.evals.chat import chat_metrics, exact_match, lm_metrics
     from minillm.train import train
     model, tok, _ = lineage.load_parent(parent, "sft")
     cfg = lineage.stage_config(SFTConfig, "sft", preset, DEFAULTS, model, config_file,
@@ -391,4 +391,6 @@ def run_sft(parent, out, preset="tiny", data="", config_file=None, overrides=(),
         evaluation.update(chat_metrics(model, tok, world, Oracle(world), examples=test_ex,
                                        max_new_tokens=cfg.sft.eval_max_new_tokens, limit=cfg.sft.eval_limit or None))
         evaluation.update(lm_metrics(model, tok, world))
+    else:   # your instructions: greedy answers to the held-out tenth against their references
+        evaluation.update(exact_match(model, tok, val_ex, max_new_tokens=cfg.sft.eval_max_new_tokens))
     return lineage.finish_run(out, metrics, evaluation)
