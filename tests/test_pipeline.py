@@ -158,6 +158,16 @@ def test_user_instructions_train_an_sft_run(journey, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["val_answer_loss"] > 0
     assert result["n_heldout"] == 2 and 0.0 <= result["heldout_exact_match"] <= 1.0   # the held-out tenth of 20
+    from minillm.checkpoint import load_model
+    from minillm.evals.chat import exact_match
+    from minillm.stages import chatdata
+    model, tok, _ = load_model(str(tmp_path / "mine"))
+    asks = [[{"role": "user", "content": f"What is {i} plus one?"}] for i in range(2)]
+    said = [g["text"] for g in chatdata.generate_chat(model, tok, asks, max_new_tokens=48, temperature=0.0)]
+    as_said = [{"messages": a + [{"role": "assistant", "content": "  " + t.upper() + " "}]} for a, t in zip(asks, said)]
+    assert exact_match(model, tok, as_said)["heldout_exact_match"] == 1.0       # case and spacing do not count
+    other = [{"messages": a + [{"role": "assistant", "content": t + " nope"}]} for a, t in zip(asks, said)]
+    assert exact_match(model, tok, other)["heldout_exact_match"] == 0.0
     assert main(["eval", "--run", str(tmp_path / "mine"), "--json"]) == 0    # your data: no world oracle numbers
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     m = manifest(str(tmp_path), "mine")
