@@ -245,7 +245,8 @@ def write_report(out_dir, summary, times, preset):
             if "oracle_score" in m:
                 d = m["oracle_score"] - sft["oracle_score"]
                 gain = oracle_gain(os.path.join(out_dir, "sft"), os.path.join(out_dir, name))
-                ci = f", 95% CI {gain[1][0]:+.3f} .. {gain[1][1]:+.3f} (paired bootstrap over the prompts)" if gain else ""
+                ci = (f", 95% CI {gain[1][0]:+.3f} .. {gain[1][1]:+.3f} (paired bootstrap over the prompts)"
+                      if gain else "")
                 lines.append(f"- {name}: oracle {sft['oracle_score']:.3f} -> {m['oracle_score']:.3f} ({d:+.3f}{ci}), "
                              f"KL to the SFT reference {_fmt(m.get('kl_to_reference', float('nan')))} nats per answer")
         if ppo.get("reward_hacking"):

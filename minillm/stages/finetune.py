@@ -167,7 +167,8 @@ def run_finetune(parent, out, preset="tiny", data="", config_file=None, override
     if cfg.finetune.replay > 0:
         general_train = general_data(parent, world, "train")
         if general_train is None:
-            raise MiniLLMError(f"finetune.replay needs the base run's training data, and {base_run(parent)}/data is gone")
+            raise MiniLLMError(f"finetune.replay needs the base run's training data, and "
+                               f"{base_run(parent)}/data is gone")
         kind, general_train = general_train
         replay = (tokenize_documents(tok, general_train) if kind == "texts"
                   else torch.from_numpy(np.asarray(general_train, dtype=np.int64)))

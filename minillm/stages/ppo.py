@@ -379,7 +379,8 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
         evaluation = chat_metrics(policy, tok, world, oracle, max_new_tokens=cfg.ppo.eval_max_new_tokens,
                                   limit=cfg.ppo.eval_limit)
         evaluation.update(lm_metrics(policy, tok, world))
-        evaluation.update(detect_reward_hacking(train_rows, heldout=[r[tracked] for r in rows + [end_row] if tracked in r]))
+        heldout_curve = [r[tracked] for r in rows + [end_row] if tracked in r]
+        evaluation.update(detect_reward_hacking(train_rows, heldout=heldout_curve))
     evaluation["kl_to_reference"] = kl_to_reference(policy, ref, tok, eval_prompts)
     logger.log(**end_row)
     plot_ppo(out, rows + [end_row])
