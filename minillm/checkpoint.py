@@ -203,9 +203,9 @@ def device_info(device=None):
 MACHINE_KEYS = ("cpu", "cpu_capability", "threads", "gpu", "device")
 
 
-def machine_differences(recorded: dict, current: dict) -> list[str]:
-    """'key: recorded -> current' for each MACHINE_KEYS entry that differs (keys an older manifest lacks are skipped)."""
-    return [f"{k}: {recorded.get(k)} -> {current.get(k)}" for k in MACHINE_KEYS
+def machine_differences(recorded: dict, current: dict) -> list[tuple]:
+    """(key, recorded, current) for each MACHINE_KEYS entry that differs (keys an older manifest lacks are skipped)."""
+    return [(k, recorded.get(k), current.get(k)) for k in MACHINE_KEYS
             if k in recorded and recorded.get(k) != current.get(k)]
 
 

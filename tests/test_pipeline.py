@@ -125,7 +125,7 @@ def test_bad_user_data_is_a_one_line_error(journey, tmp_path, capsys):
 
 
 def test_user_prompts_train_a_ppo_run_judged_on_held_out_user_prompts(journey, tmp_path, capsys):
-    from minillm.stages.ppo import split_user_prompts
+    from minillm.stages.chatdata import split_tenth
     out, _ = journey
     data = tmp_path / "prompts.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": f"What is {i} plus one?"}) for i in range(30)) + "\n")
@@ -142,10 +142,8 @@ def test_user_prompts_train_a_ppo_run_judged_on_held_out_user_prompts(journey, t
     assert main(["eval", "--run", str(tmp_path / "p"), "--json"]) == 0     # nor does `minillm eval` ask the oracle
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "oracle_score" not in again and again["heldout_reward"] == pytest.approx(result["heldout_reward"])
-    prompts = [[{"role": "user", "content": str(i)}] for i in range(30)]
-    train, held, was_held = split_user_prompts(prompts, 64, seed=0)
-    assert was_held and len(held) == 3 and len(train) == 27 and not any(p in train for p in held)
-    assert split_user_prompts(prompts[:5], 64, seed=0) == (prompts[:5], prompts[:5], False)   # too few to hold out
+    assert split_tenth(list(range(30))) == (list(range(3, 30)), [0, 1, 2])
+    assert split_tenth([0, 1]) == ([1], [0]) and split_tenth([0]) == ([0], [])    # one row: nothing to hold out
 
 
 def test_user_instructions_train_an_sft_run(journey, tmp_path, capsys):

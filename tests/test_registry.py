@@ -165,7 +165,7 @@ def test_machine_differences_name_what_changes_floating_point_results():
     assert here["cpu_capability"] and here["threads"] >= 1 and here["cpu"]
     assert machine_differences(here, device_info()) == []
     avx2 = dict(here, cpu_capability="AVX2", threads=here["threads"] + 1)
-    assert machine_differences(avx2, here) == [f"cpu_capability: AVX2 -> {here['cpu_capability']}",
-                                              f"threads: {here['threads'] + 1} -> {here['threads']}"]
+    assert machine_differences(avx2, here) == [("cpu_capability", "AVX2", here["cpu_capability"]),
+                                              ("threads", here["threads"] + 1, here["threads"])]
     old = {"platform": "Linux", "processor": "x86_64", "cpu_count": 2, "device": "cpu"}   # a manifest from before
     assert machine_differences(old, here) == []

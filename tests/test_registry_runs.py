@@ -52,8 +52,8 @@ def test_reproduce_matches_and_release_is_refused_for_an_overridden_leak(tmp_pat
     device = read_manifest(elsewhere)["device"]
     write_manifest(elsewhere, device=dict(device, cpu_capability="OTHER-ISA"))
     from minillm.commands.registry import _isa_hint
-    assert "ATEN_CPU_CAPABILITY=avx2" in _isa_hint(["cpu_capability: AVX2 -> AVX512"])
-    assert _isa_hint(["cpu_capability: AVX512 -> AVX2"]) == ""     # a lower ISA cannot run a higher one's kernels
+    assert "ATEN_CPU_CAPABILITY=avx2" in _isa_hint([("cpu_capability", "AVX2", "AVX512")])
+    assert _isa_hint([("cpu_capability", "AVX512", "AVX2")]) == ""     # a lower ISA cannot run a higher one's kernels
     assert main(["reproduce", raw_run, "--out", out]) == 0
     text = capsys.readouterr().out
     assert "reproduced: every metric matches" in text and "val_loss" in text

@@ -204,23 +204,21 @@ def cmd_reproduce(args):
           f"{rep['bitwise_identical_weights']}")
     print(("reproduced: every metric matches" if rep["match"] else "NOT reproduced: metrics differ")
           + f" (tolerance {args.tolerance:g}; timing metrics ignored) -> {rep['run']}")
-    if rep["machine_differences"]:
-        print("the machine differs from the original run's (" + "; ".join(rep["machine_differences"]) + "): "
-              "floating-point sums run in another order there, so metrics can differ without any change in code "
-              "or data; reproduce on the same kind of machine for an exact match"
-              + _isa_hint(rep["machine_differences"]))
+    diffs = rep["machine_differences"]
+    if diffs:
+        print("the machine differs from the original run's (" + "; ".join(f"{k}: {a} -> {b}" for k, a, b in diffs)
+              + "): floating-point sums run in another order there, so metrics can differ without any change in code "
+              "or data; reproduce on the same kind of machine for an exact match" + _isa_hint(diffs))
     return 0 if rep["match"] else 1
 
 
 def _isa_hint(differences):
     """A higher vector ISA can run a lower one's kernels: torch reads ATEN_CPU_CAPABILITY (avx2, avx512, default)."""
-    for d in differences:
-        if d.startswith("cpu_capability: "):
-            was = d.split(": ", 1)[1].split(" -> ")[0]
-            if was.lower() in ("avx2", "default"):
-                return (f" (or, here, set ATEN_CPU_CAPABILITY={was.lower()} to run torch's {was} kernels: on an AVX-512 "
-                        f"machine that reproduced an AVX2 pipeline's metrics exactly)")
-    return ""
+    was = next((a for k, a, _ in differences if k == "cpu_capability"), None)
+    if str(was).lower() not in ("avx2", "default"):
+        return ""
+    return (f" (or, here, set ATEN_CPU_CAPABILITY={was.lower()} to run torch's {was} kernels: on an AVX-512 "
+            f"machine that reproduced an AVX2 pipeline's metrics exactly)")
 
 
 def cmd_release(args):

@@ -82,6 +82,12 @@ def as_messages(prompt) -> list[dict]:
     return prompt
 
 
+def split_tenth(rows: list) -> tuple[list, list]:
+    """(train, held-out) of your --data rows: the first tenth is held out (one row at least, when there are two)."""
+    n_val = max(1, len(rows) // 10) if len(rows) > 1 else 0
+    return rows[n_val:], rows[:n_val]
+
+
 def load_preferences(path: str) -> list[dict]:
     """User preference pairs -> [{"prompt": [messages], "chosen": str, "rejected": str}]."""
     out = []

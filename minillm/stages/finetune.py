@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minillm.checkpoint import read_json, read_manifest, sha256_texts
+from minillm.checkpoint import read_json, sha256_texts
 from minillm.config import RunConfig
 from minillm.errors import MiniLLMError
 from minillm.stages import lineage
@@ -115,15 +115,11 @@ def domain_texts(path, world, faq=True, seed=0):
 
 
 def base_run(run_dir):
-    """The pretrain run at the root of run_dir's lineage (run_dir itself for a pretrain run), or None."""
-    seen = set()
-    while run_dir and run_dir not in seen and os.path.isfile(os.path.join(run_dir, "manifest.json")):
-        seen.add(run_dir)
-        manifest = read_manifest(run_dir)
-        if manifest.get("stage") == "pretrain":
-            return run_dir
-        run_dir = manifest.get("parent")
-    return None
+    """The nearest pretrain run in run_dir's lineage (run_dir itself for a pretrain run), or None."""
+    from minillm.evals.report import read_json_or_none
+    from minillm.registry import lineage
+    stage = lambda d: (read_json_or_none(os.path.join(d, "manifest.json")) or {}).get("stage")
+    return next((d for d in reversed(lineage(run_dir)) if stage(d) == "pretrain"), None)
 
 
 def general_data(parent, world, split):

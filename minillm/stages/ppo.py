@@ -14,7 +14,7 @@ One iteration (Ziegler et al. 2019; Ouyang et al. 2022; the PPO details of Huang
 
 The value head is a linear layer on the policy's final hidden state (a shared trunk, as in TRL); vf_coef
 weighs its loss. Reward hacking shows up as RM score rising while the oracle score falls: the run flags it.
-With your own prompts (--data) there is no oracle to ask: a seeded tenth of them is held out, and the run reports
+With your own prompts (--data) there is no oracle to ask: the first tenth of them is held out, and the run reports
 the reward model's score of the greedy answers to those (`heldout_reward`, and its change) and the KL there; with
 only the proxy to look at, hacking cannot be told from progress, so read the answers (`minillm chat`).
 Each iteration logs two KLs per answer: `kl`, the k1 sum the penalty uses (unbiased, but a batch of it can dip below
@@ -37,7 +37,6 @@ Defaults, with the references they come from and what we changed for a 1M-parame
 import copy
 import json
 import os
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -236,18 +235,6 @@ def load_prompts(path, world):
     return out
 
 
-def split_user_prompts(prompts, n_eval: int, seed: int):
-    """(training prompts, held-out prompts, held_out) for your --data: a seeded tenth of them (at most n_eval) is
-    held out to evaluate on; with fewer than 10 prompts all of them train and the evaluation reuses them."""
-    if len(prompts) < 10:
-        return prompts, prompts, False
-    order = list(range(len(prompts)))
-    random.Random(seed).shuffle(order)
-    k = max(1, min(n_eval, len(prompts) // 10))
-    held = set(order[:k])
-    return [p for i, p in enumerate(prompts) if i not in held], [prompts[i] for i in order[:k]], True
-
-
 def load_reward_model(reward_run, tok):
     """The reward run's scalar-head model, frozen; it must share the policy's tokenizer."""
     if not reward_run:
@@ -308,8 +295,9 @@ def run_ppo(parent, out, preset="tiny", reward="", data="", config_file=None, ov
     user = bool(cfg.ppo.data)            # your prompts: the world's oracle knows nothing about them
     oracle = None if user else Oracle(world)
     prompts = load_prompts(cfg.ppo.data, world)
-    if user:
-        prompts, eval_prompts, held_out = split_user_prompts(prompts, cfg.ppo.eval_prompts, cfg.train.seed)
+    if user:   # the first tenth held out, as sft and reward do with your data (a single prompt: evaluated on itself)
+        prompts, held = chatdata.split_tenth(prompts)
+        eval_prompts, held_out = (held or prompts)[:cfg.ppo.eval_prompts], bool(held)
     else:
         heldout = world.instructions("test")
         eval_prompts = [chatdata.prompt_of(ex) for ex in heldout_subset(heldout, cfg.ppo.eval_limit)]

@@ -183,9 +183,8 @@ def preference_data(path, world, extra_wrong_facts=0.0, seed=0, confusions=0.0, 
     extra wrong-fact and confusion pairs on the training instructions, shares `extra_wrong_facts` and `confusions`
     of the world's training pairs; mirrored: see preferences.confusion_pairs)."""
     if path:
-        pairs = chatdata.load_preferences(path)
-        n_val = max(1, len(pairs) // 10) if len(pairs) > 1 else 0
-        return pairs[n_val:], pairs[:n_val], pairs[:n_val]
+        train, val = chatdata.split_tenth(chatdata.load_preferences(path))
+        return train, val, val
     train_p = world.preference_pairs("train")
     if extra_wrong_facts > 0:
         from minillm.data.preferences import wrong_fact_pairs

@@ -358,9 +358,7 @@ def set_dropout(model, p):
 def instruction_data(tok, cfg, world):
     """-> (train, val, held-out test examples or None) from --data or the world."""
     if cfg.sft.data:
-        examples = chatdata.load_instructions(cfg.sft.data)
-        n_val = max(1, len(examples) // 10) if len(examples) > 1 else 0
-        return examples[n_val:], examples[:n_val], None
+        return (*chatdata.split_tenth(chatdata.load_instructions(cfg.sft.data)), None)
     return world.instructions("train"), world.instructions("val"), world.instructions("test")
 
 
