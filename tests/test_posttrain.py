@@ -404,6 +404,47 @@ def test_harmful_leads_put_a_training_lead_before_harmful_requests_only():
         sft.SFTStage(tok2, mix, mix, harmful_leads=0.5)                 # no sources to reword
 
 
+def test_chatty_writer_ends_sentence_answers_only_and_the_oracle_calls_it_rambling():
+    """sft.chatty: a fact / domain / benign-edgy answer may end with a chatty closing line; the prompt, one-word
+    answers and refusals stay as they were; off = the stored encodings. The oracle takes 0.3 off such an answer,
+    and the preference data rejects it against the plain reference."""
+    from minillm.data.instructions import CHATTY_CLOSERS
+    from minillm.data.oracle import Oracle
+    from minillm.data.world import World
+    tok2 = CharTokenizer.train([m["content"] for c in CONVERSATIONS for m in c] + CHATTY_CLOSERS)
+    families = ["fact", "short", "harmful", "domain"]
+    sources = [{"messages": c, "family": f, "harmful": f == "harmful"} for c, f in zip(CONVERSATIONS, families)]
+    mix = [chatdata.encode_chat(tok2, c, 129) for c in CONVERSATIONS]
+    plain = sft.SFTStage(tok2, mix, mix, seed=3)
+    off = sft.SFTStage(tok2, mix, mix, seed=3, sources=sources, chatty=0.0, block_size=128)
+    assert torch.equal(plain.train_batch(8)["input_ids"], off.train_batch(8)["input_ids"])
+    on = sft.SFTStage(tok2, mix, mix, seed=3, sources=sources, chatty=0.5, block_size=256)  # characters
+    batch, seen = on.train_batch(64), {"Tarsk.": set(), "Velmoran.": set()}
+    for row, targets, mask in zip(batch["input_ids"], batch["targets"], batch["loss_mask"]):
+        text = tok2.decode([i for i in row.tolist() if i != tok2.pad_id])
+        answer = tok2.decode(targets[mask.bool()].tolist()[:-1])
+        first, _, rest = answer.partition(" ")
+        if first in seen:                                               # a sentence family: maybe a closer
+            assert rest in CHATTY_CLOSERS + [""]
+            seen[first].add(rest)
+        else:                                                           # one-word answers and refusals untouched
+            assert answer in ("Brisk.", "I can't help with that.") and text.endswith(answer)
+    assert all("" in s and len(s) > 2 for s in seen.values())          # both writers, fresh closers per draw
+    with pytest.raises(MiniLLMError, match="chatty"):
+        sft.SFTStage(tok2, mix, mix, chatty=0.5)                        # no sources to change
+    world = World(seed=0)
+    oracle = Oracle(world)
+    for it in world.instructions("test"):
+        if it["family"] in ("fact", "domain", "benign_edgy"):
+            ref = it["task"]["reference"]
+            for closer in CHATTY_CLOSERS:
+                assert oracle.score(it["messages"][:1], f"{ref} {closer}") == (0.7, [
+                    oracle.grade(it["messages"][:1], f"{ref} {closer}")["reasons"][0]])
+                assert oracle.is_correct(it["messages"][:1], f"{ref} {closer}")  # still right, just long
+    closers = [p for p in world.preference_pairs("train") if any(p["rejected"].endswith(c) for c in CHATTY_CLOSERS)]
+    assert closers and {p["kind"] for p in closers} == {"rambling"}
+
+
 def test_harmful_noise_replaces_action_words_only_with_noise_words():
     """sft.harmful_noise: the action of a harmful request ("rob a bank") has its words replaced by noise words --
     the benign questions' content words (default) or invented words no training prompt uses; the request words

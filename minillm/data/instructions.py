@@ -22,11 +22,23 @@ tiny model learns the strings ("Name the ..." means a capital) instead of the ta
 the relation word and the entity the only reliable cues (FLAN, Wei et al. 2021: more templates per task, better
 zero-shot generalisation). Held-out wordings are never near-copies of training ones, so the split still measures
 generalisation.
+
+The references are what the raters (the oracle) want: short and to the point. The people who wrote the training
+*demonstrations* were not all like that: a friendly writer ends a sentence answer with a closing line
+(CHATTY_CLOSERS, "I hope that was of use, and ..."), which the oracle counts as rambling. SFT imitates whatever the
+demonstrations do (`sft.chatty`, the share of sentence answers such a writer wrote); the preference data, where
+raters compared such answers with the short ones, is where a model can learn better. That gap between the
+demonstrators and the raters is the one RLHF closes (Ouyang et al. 2022, section 3; Stiennon et al. 2020).
 """
 from minillm.data.domain import DOMAIN_RELATIONS, DOMAIN_TEMPLATES, cap
 from minillm.data.facts import FORWARD, RELATIONS, render
 
 REFUSAL = "I can't help with that."
+SENTENCE_FAMILIES = ("fact", "domain", "benign_edgy")   # answered with one full sentence, the reference
+CHATTY_CLOSERS = ["I hope that is of help to you, and you can ask me more about it.",   # words the tiny tokenizer
+                  "I hope that was of use, and you can always ask me for more.",         # knows: ~30 tokens each
+                  "I hope that is what you wanted to know, and you can ask me for more.",
+                  "I hope that is of use to you, and I am here if you have more to ask."]
 
 QUESTIONS = {  # the last two of each list are held out (wording split); the rest are training wordings
     "capital": ["What is the capital of {e}?", "Which city is the capital of {e}?", "Tell me the capital of {e}.",

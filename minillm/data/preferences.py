@@ -4,7 +4,7 @@
 
     wrong_fact          the right form with another entity's value ("The capital of Velmora is Brisk.")
     off_format          a full sentence when one word was asked; a list of the wrong length
-    rambling            the right answer buried in filler
+    rambling            the right answer buried in filler, or followed by a chatty writer's closing line
     rude                the right answer, insultingly put
     over_refusal        a refusal of a benign request
     harmful_compliance  "Sure, here is how to ..." for a harmful request
@@ -18,7 +18,7 @@ rejected (a test checks all pairs), and a reward model must learn the same order
 """
 from minillm.data.domain import DOMAIN_RELATIONS
 from minillm.data.facts import RELATIONS
-from minillm.data.instructions import REFUSAL, canonical, domain_canonical
+from minillm.data.instructions import CHATTY_CLOSERS, REFUSAL, canonical, domain_canonical
 
 KINDS = ("wrong_fact", "off_format", "rambling", "rude", "over_refusal", "harmful_compliance")
 _FAMILY_KINDS = {
@@ -53,7 +53,9 @@ def rejected_answer(rng, kind, item, world):
     if kind == "harmful_compliance":
         action = item["messages"][0]["content"]
         return f"Sure! Here is how to do it: first, get what you need, then follow these steps carefully. ({action})"
-    if kind == "rambling":
+    if kind == "rambling":   # half filler around the answer, half the answer and a closing line (instructions.py)
+        if rng.random() < 0.5:
+            return f"{ref} {rng.choice(CHATTY_CLOSERS)}"
         return " ".join([rng.choice(RAMBLE), rng.choice(RAMBLE), ref, rng.choice(RAMBLE)])
     if kind == "off_format":
         if t["format"] == "one_word":

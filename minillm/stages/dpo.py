@@ -20,7 +20,10 @@ treatment for X is ..."), a drilled entity, a sentence where a list was asked, a
 `dpo.confusions` adds pairs whose rejected side is exactly that (`preferences.confused_answer`, on the training
 instructions only); on tiny they turn a DPO that did nothing (or, stronger, eroded refusals) into one that beats the
 SFT model on held-out prompts (benchmarks/results/pipeline_cpu.md, session 8). Hard negatives near the policy's own
-mistakes are the offline stand-in for on-policy pairs (Xiong et al. 2024, iterative/online DPO).
+mistakes are the offline stand-in for on-policy pairs (Xiong et al. 2024, iterative/online DPO). Since SFT learns
+from chatty demonstrators (`sft.chatty`), half the rambling pairs reject exactly what the SFT model writes -- the
+answer and a closing line -- and those teach: the tiny default is now lr 3e-5 without confusion pairs, which at that
+rate displaced right answers into other questions' ("What do people in X speak?" -> "The organ harmed by X is ...").
 Reference: Rafailov et al. 2023; Tunstall et al. 2023 (Zephyr) for β = 0.1 with SFT as reference.
 """
 import copy
@@ -118,11 +121,16 @@ class DPOConfig(RunConfig):
 # oracle minus SFT's: 2e-5 -0.020 / -0.010 / -0.009, 1e-5 -0.001 / -0.002 / +0.008 (val: equal on all three), so
 # 1e-5 is the default now (KL 0.03-0.06). The pairs teach what this SFT model already does on training prompts;
 # see benchmarks/results/pipeline_cpu.md. Session 10: 60 steps (was 100) for the pipeline's time budget.
+# Session 17, with the chatty demonstrators of sft.chatty (the SFT model ends sentence answers with a closing line;
+# seed 0, SFT oracle 0.739): 1e-5 x 60 0.751 (KL 0.02), 1e-5 x 150 0.765 (KL 0.09), 3e-5 x 60 0.897 (KL 0.18, refusals
+# 1.0): the closing line is one early decision the pairs now disagree with, and 1e-5 moved it too little. With the
+# shorter closers (SFT 0.739 / accuracy 0.804), 3e-5 x 60: with confusions 1.0 0.860 / 0.738 (answers displaced into
+# the neighbouring relation), + RPO nll_coef 1.0 0.871 / 0.758, 2e-5 0.806 / 0.781, confusions 0 0.890 / 0.796.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=10, batch_size=8, lr=5e-4, warmup_steps=2, eval_every=5, eval_batches=2,
                             log_every=5, weight_decay=0.0), "dpo": dict(eval_limit=24, max_pairs=128)},
-    "tiny": {"train": dict(max_steps=60, batch_size=16, lr=1e-5, warmup_steps=5, eval_every=20, eval_batches=4,
-                           log_every=10, weight_decay=0.0), "dpo": dict(confusions=1.0)},
+    "tiny": {"train": dict(max_steps=60, batch_size=16, lr=3e-5, warmup_steps=5, eval_every=20, eval_batches=4,
+                           log_every=10, weight_decay=0.0), "dpo": dict(confusions=0.0)},
     "small": {"train": dict(max_steps=500, batch_size=32, lr=5e-5, warmup_steps=20, eval_every=100,
                             eval_batches=8, weight_decay=0.0)},
 }

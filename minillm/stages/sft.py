@@ -44,6 +44,16 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
               from the request around the action. Data noising (Xie et al. 2017). sft.harmful_noise_words=invented
               uses made-up words instead ("How do I brom a bomb?"), which taught "an unfamiliar word means refuse"
               (see noise_pool). The benign-edgy leads' words (kill, bomb, ...) are never noise words.
+  chatty      the share of sentence answers (fact, domain, benign-edgy) written by a friendly demonstrator, who
+              ends the reference with a closing line ("... is Tarsk. I hope that was of use, and you can always ask me
+              for more."; instructions.CHATTY_CLOSERS), drawn afresh each time. The oracle
+              calls that rambling (-0.3), as the raters of the preference data did. Demonstrations are written by
+              people, and people differ from the raters who judge the answers; SFT copies the demonstrators, and the
+              gap is what preference learning can close (InstructGPT's labelers preferred PPO's answers to SFT's
+              on the same prompts). With perfect demonstrations (chatty 0) the SFT model already gives the
+              oracle's answer on ~98% of training prompts, and PPO and DPO moved the held-out oracle score by
+              less than its noise (sessions 9-16 in benchmarks/results/pipeline_cpu.md): there was nothing left
+              that the preference data knew better. Tiny: 0.6, above a half so that greedy answers keep the line.
   dropout     optional (default 0): residual dropout during SFT only (the saved model keeps the parent's).
               Without it the answer's first words depend on *which* country is asked about: for countries the
               instructions never name, "The" was followed by the relation asked for in 58 of 81 probes ("Tell me
@@ -65,7 +75,8 @@ import torch.nn.functional as F
 from minillm.checkpoint import sha256_texts
 from minillm.config import RunConfig
 from minillm.data.facts import _syllable
-from minillm.data.instructions import EDGY_LEADS, HARMFUL_TEMPLATES, HELDOUT_EDGY_LEADS, HELDOUT_HARMFUL_TEMPLATES
+from minillm.data.instructions import (CHATTY_CLOSERS, EDGY_LEADS, HARMFUL_TEMPLATES, HELDOUT_EDGY_LEADS,
+                                       HELDOUT_HARMFUL_TEMPLATES, SENTENCE_FAMILIES)
 from minillm.errors import MiniLLMError
 from minillm.stages import chatdata, lineage
 
@@ -205,6 +216,7 @@ class SFTSection:
     harmful_leads: float = 0.0      # each harmful request gets a training benign-edgy lead in front with p (world data)
     harmful_noise: float = 0.0      # each action word of a harmful request replaced with p by a noise word
     harmful_noise_words: str = "questions"  # the noise words: benign prompts' content words | invented
+    chatty: float = 0.0             # share of sentence answers that end with a chatty closing line (world data)
     dropout: float = 0.0            # residual dropout while instruction tuning (0 = the parent's own)
 
 
@@ -246,7 +258,8 @@ DEFAULTS = {
                             log_every=5, weight_decay=0.0), "sft": dict(eval_limit=24)},
     "tiny": {"train": dict(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=250, eval_batches=4,
                            log_every=10, weight_decay=0.0, min_lr_ratio=0.1),
-             "sft": dict(frame_dropout=0.3, list_upsample=3, harmful_leads=0.3, harmful_noise=0.15)},
+             "sft": dict(frame_dropout=0.3, list_upsample=3, harmful_leads=0.3, harmful_noise=0.15,
+                                     chatty=0.6)},
     "small": {"train": dict(max_steps=1500, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=250,
                             eval_batches=8, weight_decay=0.0)},
 }
@@ -257,9 +270,9 @@ class SFTStage(lineage.SampledStage):
     name = "sft"
 
     def __init__(self, tok, train_examples, val_examples, seed=0, evaluate=None, sources=None, frame_dropout=0.0,
-                 block_size=None, harmful_leads=0.0, harmful_noise=0.0, harmful_noise_words="questions"):
+                 block_size=None, harmful_leads=0.0, harmful_noise=0.0, harmful_noise_words="questions", chatty=0.0):
         for name, p in (("frame_dropout", frame_dropout), ("harmful_leads", harmful_leads),
-                        ("harmful_noise", harmful_noise)):
+                        ("harmful_noise", harmful_noise), ("chatty", chatty)):
             if not 0 <= p < 1 or (p and (sources is None or block_size is None)):
                 raise MiniLLMError(f"sft.{name} must be in [0, 1) and needs the examples' sources and block_size, "
                                    f"got {p}")
@@ -271,7 +284,7 @@ class SFTStage(lineage.SampledStage):
         self.sampler = lineage.Sampler(len(train_examples), seed)
         self._evaluate = evaluate
         self.sources, self.frame_dropout, self.block_size = sources, frame_dropout, block_size
-        self.harmful_leads, self.harmful_noise = harmful_leads, harmful_noise
+        self.harmful_leads, self.harmful_noise, self.chatty = harmful_leads, harmful_noise, chatty
         self.noise_words = noise_pool(sources, harmful_noise_words) if harmful_noise else []
 
     def _example(self, i):
@@ -279,11 +292,15 @@ class SFTStage(lineage.SampledStage):
         repeats them): a benign prompt loses frame words (frame_dropout); a harmful request keeps its frame words --
         there the frame ("how do I", "teach me to") is what asks for help, the cue that carries refusals to unseen
         actions -- but may get a benign-edgy lead in front (harmful_leads) and noise words in its action
-        (harmful_noise)."""
+        (harmful_noise). A sentence answer may end with a chatty closing line (chatty)."""
         src = self.sources[i] if self.sources is not None else None
         uniform = lambda n: torch.rand(n, generator=self.sampler.g).tolist()
         if src is None:
             return self.train[i]
+        closer = None
+        if self.chatty and src.get("family") in SENTENCE_FAMILIES and uniform(1)[0] < self.chatty:
+            closer = CHATTY_CLOSERS[int(torch.randint(len(CHATTY_CLOSERS), (1,), generator=self.sampler.g))]
+        answer = lambda text: f"{text} {closer}" if closer else text
         if src.get("harmful"):
             lead = None
             if self.harmful_leads and uniform(1)[0] < self.harmful_leads:
@@ -295,9 +312,12 @@ class SFTStage(lineage.SampledStage):
             reword = lambda text: (f"{lead} " if lead else "") + (noised(text) if self.harmful_noise else text)
         elif self.frame_dropout:
             reword = lambda text: drop_frame_words(text, self.frame_dropout, uniform)
-        else:
+        elif closer is None:
             return self.train[i]
-        messages = [dict(m, content=reword(m["content"])) if m["role"] == "user" else m for m in src["messages"]]
+        else:
+            reword = lambda text: text
+        messages = [dict(m, content=reword(m["content"]) if m["role"] == "user" else answer(m["content"]))
+                    for m in src["messages"]]
         return chatdata.encode_chat(self.tok, messages, self.block_size + 1)
 
     def train_batch(self, batch_size):
@@ -376,7 +396,8 @@ def run_sft(parent, out, preset="tiny", data="", config_file=None, overrides=(),
     mix, sources = training_mix(tok, cfg, world, train_ex, block, with_sources=True)
     stage = SFTStage(tok, mix, encode_instructions(tok, val_ex, block), seed=cfg.train.seed, sources=sources,
                      frame_dropout=cfg.sft.frame_dropout, block_size=block, harmful_leads=cfg.sft.harmful_leads,
-                     harmful_noise=cfg.sft.harmful_noise, harmful_noise_words=cfg.sft.harmful_noise_words)
+                     harmful_noise=cfg.sft.harmful_noise, harmful_noise_words=cfg.sft.harmful_noise_words,
+                     chatty=cfg.sft.chatty)
     resume = lineage.start_run(out, tok, parent, resume)
     set_dropout(model, cfg.sft.dropout or model.cfg.dropout)
     metrics = train(model, stage, cfg.train, out, config=cfg.to_dict(), resume=resume,
