@@ -40,11 +40,12 @@ def main(out_dir):
         ("dpo: KL to the SFT reference (nats/answer)", "(reported)", dpo.get("kl_to_reference", nan), None),
     ]
     for name in ("ppo", "dpo"):   # is the gain over SFT more than noise? paired bootstrap over the same prompts
-        gain = oracle_gain(os.path.join(out_dir, "sft"), os.path.join(out_dir, name))
-        if gain:
-            at = 1 + next(i for i, r in enumerate(rows) if r[0] == f"{name}: held-out oracle score")
-            rows.insert(at, (f"{name} - sft oracle, 95% CI (paired bootstrap)", "(reported)",
-                             f"{gain[0]:+.4f} [{gain[1][0]:+.4f}, {gain[1][1]:+.4f}]", None))
+        at = 1 + next(i for i, r in enumerate(rows) if r[0] == f"{name}: held-out oracle score")
+        for metric, label in (("eval.instruction_accuracy", "instruction_accuracy"), ("eval.oracle_score", "oracle")):
+            gain = oracle_gain(os.path.join(out_dir, "sft"), os.path.join(out_dir, name), metric=metric)
+            if gain:   # accuracy too: a higher oracle score bought with wrong answers would show here
+                rows.insert(at, (f"{name} - sft {label}, 95% CI (paired bootstrap)", "(reported)",
+                                 f"{gain[0]:+.4f} [{gain[1][0]:+.4f}, {gain[1][1]:+.4f}]", None))
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"| target | wanted | measured | met |\n|---|---|---|---|")
     for name, want, got, ok in rows:

@@ -22,8 +22,10 @@ instructions only); on tiny they turn a DPO that did nothing (or, stronger, erod
 SFT model on held-out prompts (benchmarks/results/pipeline_cpu.md, session 8). Hard negatives near the policy's own
 mistakes are the offline stand-in for on-policy pairs (Xiong et al. 2024, iterative/online DPO). Since SFT learns
 from chatty demonstrators (`sft.chatty`), half the rambling pairs reject exactly what the SFT model writes -- the
-answer and a closing line -- and those teach: the tiny default is now lr 3e-5 without confusion pairs, which at that
-rate displaced right answers into other questions' ("What do people in X speak?" -> "The organ harmed by X is ...").
+answer and a closing line -- and those teach: the tiny default is now lr 2e-5 (1e-5 barely moved the closing line).
+Without the confusion pairs, 3e-5 eroded refusals (harmful refusal 1.0 -> 0.725 on one seed): the over-refusal pairs
+push "I can't help with that." down everywhere, and the harmful pairs' rejected side ("Sure! Here is how ...") is
+never written, so nothing pushes back; the confusion pairs' facts-where-a-refusal-was-due do.
 Reference: Rafailov et al. 2023; Tunstall et al. 2023 (Zephyr) for β = 0.1 with SFT as reference.
 """
 import copy
@@ -126,11 +128,15 @@ class DPOConfig(RunConfig):
 # 1.0): the closing line is one early decision the pairs now disagree with, and 1e-5 moved it too little. With the
 # shorter closers (SFT 0.739 / accuracy 0.804), 3e-5 x 60: with confusions 1.0 0.860 / 0.738 (answers displaced into
 # the neighbouring relation), + RPO nll_coef 1.0 0.871 / 0.758, 2e-5 0.806 / 0.781, confusions 0 0.890 / 0.796.
+# Over seeds 0 / 1 / 2 (SFT oracle 0.739 / 0.806 / 0.708, refusals 1.0 / 1.0 / 0.975), DPO minus SFT oracle and the
+# harmful refusal rate: 3e-5 without confusions +0.151 / +0.101 / +0.148, refusals 0.975 / 0.825 / 0.725 (nll_coef
+# 1.0 or confusions 0.3: seed 2 still 0.725-0.75); 1e-5 with confusions +0.003 / +0.100 / +0.034; 2e-5 with
+# confusions (the default) +0.067 / +0.124 / +0.153, refusals 0.975 / 0.975 / 0.90, accuracy within noise.
 DEFAULTS = {
     "smoke": {"train": dict(max_steps=10, batch_size=8, lr=5e-4, warmup_steps=2, eval_every=5, eval_batches=2,
                             log_every=5, weight_decay=0.0), "dpo": dict(eval_limit=24, max_pairs=128)},
-    "tiny": {"train": dict(max_steps=60, batch_size=16, lr=3e-5, warmup_steps=5, eval_every=20, eval_batches=4,
-                           log_every=10, weight_decay=0.0), "dpo": dict(confusions=0.0)},
+    "tiny": {"train": dict(max_steps=60, batch_size=16, lr=2e-5, warmup_steps=5, eval_every=20, eval_batches=4,
+                           log_every=10, weight_decay=0.0), "dpo": dict(confusions=1.0)},
     "small": {"train": dict(max_steps=500, batch_size=32, lr=5e-5, warmup_steps=20, eval_every=100,
                             eval_batches=8, weight_decay=0.0)},
 }
