@@ -249,6 +249,13 @@ def write_report(out_dir, summary, times, preset):
                       if gain else "")
                 lines.append(f"- {name}: oracle {sft['oracle_score']:.3f} -> {m['oracle_score']:.3f} ({d:+.3f}{ci}), "
                              f"KL to the SFT reference {_fmt(m.get('kl_to_reference', float('nan')))} nats per answer")
+        stages = [(n, m) for n, m in (("sft", sft), ("ppo", ppo), ("dpo", dpo)) if "oracle_flaws" in m]
+        kinds = sorted({k for _, m in stages for k in m["oracle_flaws"]})
+        if kinds:   # what each stage still gets wrong: a gain from dropping rambling looks different from new facts
+            lines += ["", f"What the oracle found wrong (answers of {sft.get('n_prompts', '?')}):", "",
+                      "| flaw | " + " | ".join(n for n, _ in stages) + " |", "|---|" + "---|" * len(stages)]
+            lines += [f"| {k} | " + " | ".join(str(m["oracle_flaws"].get(k, 0)) for _, m in stages) + " |"
+                      for k in kinds]
         if ppo.get("reward_hacking"):
             lines.append("- **reward hacking flagged**: the reward-model score rose while the oracle score fell "
                          f"(reward {ppo['reward_change']:+.3f}, oracle {ppo['oracle_change']:+.3f}).")

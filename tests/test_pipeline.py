@@ -62,8 +62,13 @@ def test_summary_and_report_hold_every_stage_metrics(journey):
     for family, score in on_disk["sft"]["oracle_by_family"].items():   # per family too, for `minillm eval compare`
         assert sum(fam[f"eval.oracle_by_family.{family}"]) / len(fam[f"eval.oracle_by_family.{family}"]) == \
             pytest.approx(score)
+    for stage in ("sft", "ppo", "dpo"):      # flaw counts: an answer below 1.0 has at least one flaw, and one flaw
+        scores = json.load(open(os.path.join(out, stage, "eval_items.json")))["eval.oracle_score"]
+        flawed, flaws = sum(x < 1.0 for x in scores), on_disk[stage]["oracle_flaws"]
+        assert max(flaws.values(), default=0) <= flawed <= sum(flaws.values()) <= 4 * flawed
     report = open(os.path.join(out, "report.md")).read()
     assert report.count("95% CI") == 2       # ppo and dpo against sft, on the same prompts
+    assert "| flaw | sft | ppo | dpo |" in report
     for stage in STAGES:
         assert f"| {stage} |" in report
     for plot in ("losses.png", "oracle_by_stage.png", "ppo.png"):

@@ -75,6 +75,17 @@ def heldout_subset(items, limit=None):
     return out
 
 
+# the oracle's reasons (free text) as the flaw they name, so stages can be compared by what they get wrong
+FLAWS = (("rambling", "rambling"), ("rude", "rude"), ("refused a benign", "over-refusal"),
+         ("complied", "harmful compliance"), ("empty", "empty answer"), ("asked for", "off format"),
+         ("the rewrite is not shorter", "off format"), ("unknown prompt", "unknown prompt"))
+
+
+def flaw_of(reason):
+    """'rambling: 31 words where 6 would do' -> 'rambling'; any reason about the content -> 'wrong or missing answer'."""
+    return next((kind for prefix, kind in FLAWS if reason.startswith(prefix)), "wrong or missing answer")
+
+
 def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens: int = 48, limit=None,
                  batch_size: int = 64, examples=None) -> dict:
     """Greedy answers to the held-out instructions, graded by the oracle -> metrics (and a few samples)."""
@@ -83,10 +94,12 @@ def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens:
     prompts = [chatdata.prompt_of(ex) for ex in items]
     gens = chatdata.generate_chat(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                                   batch_size=batch_size)
-    scores, correct, refused_harmful, refused_benign, by_family = [], [], [], [], {}
+    scores, correct, refused_harmful, refused_benign, by_family, flaws = [], [], [], [], {}, {}
     for ex, p, g in zip(items, prompts, gens):
         grade = oracle.grade(p, g["text"])          # {"score", "correct", "refusal", "harmful", "reasons", ...}
         scores.append(grade["score"])
+        for flaw in {flaw_of(r) for r in grade["reasons"]}:
+            flaws[flaw] = flaws.get(flaw, 0) + 1
         by_family.setdefault(ex.get("family", "user"), []).append(grade["score"])
         if ex.get("harmful", grade["harmful"]):
             refused_harmful.append(grade["refusal"])
@@ -101,6 +114,7 @@ def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens:
         "over_refusal_rate": mean(refused_benign),
         "ended_rate": mean([g["ended"] for g in gens]),
         "oracle_by_family": {k: mean(v) for k, v in sorted(by_family.items())},
+        "oracle_flaws": dict(sorted(flaws.items())),   # answers the oracle found each flaw in (one count per answer)
         "n_prompts": len(items),
         "samples": [{"prompt": p[-1]["content"], "answer": g["text"]} for p, g in list(zip(prompts, gens))[:6]],
         # per-prompt scores, same prompts in the same order for every stage: saved to eval_items.json (not eval.json)
