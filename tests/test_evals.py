@@ -139,6 +139,15 @@ def test_compare_flags_a_real_regression_but_not_noise(tmp_path):
     assert rows["fact_accuracy"]["ci"] and not rows["fact_accuracy"]["regression"]
 
 
+def test_compare_counts_fewer_oracle_flaws_as_better(tmp_path):
+    """oracle_flaws are counts of bad answers: PPO dropping rambling is an improvement, not a regression."""
+    sft = _run(tmp_path, "sft", {"oracle_flaws": {"rambling": 164, "wrong or missing answer": 45}})
+    ppo = _run(tmp_path, "ppo", {"oracle_flaws": {"rambling": 0, "wrong or missing answer": 60}})
+    rows = {r["metric"]: r for r in compare.compare_runs(sft, ppo)}
+    assert rows["oracle_flaws.rambling"]["better"] == "lower" and not rows["oracle_flaws.rambling"]["regression"]
+    assert rows["oracle_flaws.wrong or missing answer"]["regression"]        # 45 -> 60 wrong answers
+
+
 def test_bootstrap_ci_of_a_paired_difference_covers_the_truth():
     a = [1.0] * 50 + [0.0] * 50
     b = [1.0] * 40 + [0.0] * 60

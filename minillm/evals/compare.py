@@ -1,6 +1,6 @@
 """Regression analysis between two runs: every metric side by side, the change, and a flag where B is worse.
 
-A metric's *direction* comes from its name: losses, perplexities, bits per byte, over-refusal, PII
+A metric's *direction* comes from its name: losses, perplexities, bits per byte, over-refusal, flaw counts, PII
 regurgitation, contamination, time and memory are better lower; everything else (accuracy, exact match,
 oracle score, refusal of harmful requests, tokens/s) is better higher.
 
@@ -33,6 +33,8 @@ RESULT_FILES = ("eval.json", "safety.json", "robustness.json", "cost.json")
 
 
 def lower_is_better(name: str) -> bool:
+    if any(part.endswith("flaws") for part in name.lower().split(".")[:-1]):   # eval.oracle_flaws.rambling: counts
+        return True
     leaf = name.rsplit(".", 1)[-1].lower()
     if any(k in leaf for k in ("over_refusal", "regurgitation")):
         return True
