@@ -54,8 +54,9 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
               oracle's answer on ~98% of training prompts, and PPO and DPO moved the held-out oracle score by
               less than its noise (sessions 9-16 in benchmarks/results/pipeline_cpu.md): there was nothing left
               that the preference data knew better. Tiny: 0.6, above a half so that greedy answers keep the line;
-              then PPO and DPO beat SFT by +0.07 to +0.15 on three seeds (CIs far above 0; session 17), and SFT's
-              accuracy is ~0.02 lower on average (three draws on one parent).
+              then PPO and DPO beat SFT on five seeds of five (+0.13 to +0.16 and +0.02 to +0.15, every 95% CI above
+              0; session 17). The cost: the lines are 24% of the loss tokens, SFT's accuracy was ~0.02 lower over
+              three draws on one parent, and its refusals were lower on 3 of 5 paired draws, never higher.
   dropout     optional (default 0): residual dropout during SFT only (the saved model keeps the parent's).
               Without it the answer's first words depend on *which* country is asked about: for countries the
               instructions never name, "The" was followed by the relation asked for in 58 of 81 probes ("Tell me
