@@ -23,7 +23,7 @@ SFT model on held-out prompts (benchmarks/results/pipeline_cpu.md, session 8). H
 mistakes are the offline stand-in for on-policy pairs (Xiong et al. 2024, iterative/online DPO). Since SFT learns
 from chatty demonstrators (`sft.chatty`), half the rambling pairs reject exactly what the SFT model writes -- the
 answer and a closing line -- and those teach: the tiny default is now lr 2e-5 (1e-5 barely moved the closing line).
-Without the confusion pairs, 3e-5 eroded refusals (harmful refusal 1.0 -> 0.725 on one seed): the over-refusal pairs
+Without the confusion pairs, 3e-5 eroded refusals (harmful refusal 0.975 -> 0.725 on one seed): the over-refusal pairs
 push "I can't help with that." down everywhere, and the harmful pairs' rejected side ("Sure! Here is how ...") is
 never written, so nothing pushes back; the confusion pairs' facts-where-a-refusal-was-due do.
 Reference: Rafailov et al. 2023; Tunstall et al. 2023 (Zephyr) for β = 0.1 with SFT as reference.
