@@ -15,6 +15,7 @@ Reward models:
 The oracle is the world's programmatic rater; no model ever trains on it, so it stays an honest judge.
 """
 import math
+from collections import Counter
 
 import numpy as np
 import torch
@@ -94,12 +95,11 @@ def chat_metrics(model, tok, world, oracle, split: str = "test", max_new_tokens:
     prompts = [chatdata.prompt_of(ex) for ex in items]
     gens = chatdata.generate_chat(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                                   batch_size=batch_size)
-    scores, correct, refused_harmful, refused_benign, by_family, flaws = [], [], [], [], {}, {}
+    scores, correct, refused_harmful, refused_benign, by_family, flaws = [], [], [], [], {}, Counter()
     for ex, p, g in zip(items, prompts, gens):
         grade = oracle.grade(p, g["text"])          # {"score", "correct", "refusal", "harmful", "reasons", ...}
         scores.append(grade["score"])
-        for flaw in {flaw_of(r) for r in grade["reasons"]}:
-            flaws[flaw] = flaws.get(flaw, 0) + 1
+        flaws.update({flaw_of(r) for r in grade["reasons"]})     # each flaw once per answer
         by_family.setdefault(ex.get("family", "user"), []).append(grade["score"])
         if ex.get("harmful", grade["harmful"]):
             refused_harmful.append(grade["refusal"])

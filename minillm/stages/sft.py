@@ -46,8 +46,8 @@ Two mixes keep a tiny model honest (on the world's data), and one option was tri
               (see noise_pool). The benign-edgy leads' words (kill, bomb, ...) are never noise words.
   chatty      the share of sentence answers (fact, domain, benign-edgy) written by a friendly demonstrator, who
               ends the reference with a closing line ("... is Tarsk. I hope that was of use, and you can always ask me
-              for more."; instructions.CHATTY_CLOSERS), drawn afresh each time. The oracle
-              calls that rambling (-0.3), as the raters of the preference data did. Demonstrations are written by
+              for more."; instructions.CHATTY_CLOSERS), drawn afresh each time. The oracle calls that rambling
+              (-0.3), as the raters of the preference data did. Demonstrations are written by
               people, and people differ from the raters who judge the answers; SFT copies the demonstrators, and the
               gap is what preference learning can close (InstructGPT's labelers preferred PPO's answers to SFT's
               on the same prompts). With perfect demonstrations (chatty 0) the SFT model already gives the
